@@ -1,0 +1,53 @@
+"""Helpers shared by the tests: a recording ASGI send and scope builders."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class Recorder:
+    """An ASGI `send` that keeps every message, and can be made to fail."""
+
+    def __init__(self, error: BaseException | None = None) -> None:
+        self.messages: list[dict[str, Any]] = []
+        self.error = error
+
+    async def __call__(self, message: dict[str, Any]) -> None:
+        if self.error is not None:
+            raise self.error
+        self.messages.append(message)
+
+    @property
+    def types(self) -> list[str]:
+        return [message["type"] for message in self.messages]
+
+    @property
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        return [tuple(pair) for pair in self.messages[0]["headers"]]  # type: ignore[misc]
+
+    @property
+    def body(self) -> bytes:
+        return b"".join(
+            m.get("body", b"") for m in self.messages if m["type"] == "http.response.body"
+        )
+
+
+async def no_receive() -> dict[str, Any]:
+    raise AssertionError("background work must never call receive()")
+
+
+def http_scope(method: str = "GET", path: str = "/") -> dict[str, Any]:
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.4"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [],
+        "client": ("127.0.0.1", 1234),
+        "server": ("127.0.0.1", 80),
+    }

@@ -1,0 +1,210 @@
+"""Response: what it sends, what it refuses, and how it runs its background."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import anyio
+import pytest
+from helpers import Recorder, http_scope, no_receive
+
+from bgtasks import BackgroundTask, BackgroundTasks, Response
+
+# 7. Response
+
+
+async def test_sends_start_then_body_with_content_length() -> None:
+    send = Recorder()
+    await Response(b"hello", status_code=201, headers={"x-id": "7"})(http_scope(), no_receive, send)
+    assert send.types == ["http.response.start", "http.response.body"]
+    assert send.messages[0]["status"] == 201
+    assert send.headers == [(b"x-id", b"7"), (b"content-length", b"5")]
+    assert send.body == b"hello"
+    assert send.messages[1].get("more_body", False) is False
+
+
+async def test_str_content_is_utf8_and_text_types_get_a_charset() -> None:
+    send = Recorder()
+    await Response("héllo", media_type="text/plain")(http_scope(), no_receive, send)
+    assert send.body == "héllo".encode()
+    assert (b"content-type", b"text/plain; charset=utf-8") in send.headers
+    assert (b"content-length", b"6") in send.headers
+
+
+@pytest.mark.parametrize(
+    ("media_type", "expected"),
+    [
+        ("application/json", b"application/json"),
+        ("text/html; charset=latin-1", b"text/html; charset=latin-1"),
+    ],
+)
+async def test_charset_is_added_only_to_text_without_one(media_type: str, expected: bytes) -> None:
+    send = Recorder()
+    await Response("{}", media_type=media_type)(http_scope(), no_receive, send)
+    assert (b"content-type", expected) in send.headers
+
+
+async def test_header_pairs_may_repeat_set_cookie() -> None:
+    send = Recorder()
+    headers = [("Set-Cookie", "a=1"), ("set-cookie", "b=2")]
+    await Response(headers=headers)(http_scope(), no_receive, send)
+    assert send.headers[:2] == [(b"set-cookie", b"a=1"), (b"set-cookie", b"b=2")]
+
+
+async def test_head_gets_headers_but_no_body() -> None:
+    send = Recorder()
+    await Response(b"twelve bytes")(http_scope("HEAD"), no_receive, send)
+    assert (b"content-length", b"12") in send.headers
+    assert send.body == b""
+
+
+@pytest.mark.parametrize("status", [100, 103, 204, 304])
+async def test_bodiless_statuses_get_no_body_and_no_content_length(status: int) -> None:
+    send = Recorder()
+    await Response(status_code=status, headers={"etag": '"x"'})(http_scope(), no_receive, send)
+    assert send.headers == [(b"etag", b'"x"')]
+    assert send.body == b""
+
+
+@pytest.mark.parametrize("status", [99, 600, -200])
+def test_status_outside_100_to_599_is_rejected(status: int) -> None:
+    with pytest.raises(ValueError, match="between 100 and 599"):
+        Response(status_code=status)
+
+
+@pytest.mark.parametrize("name", ["bad name", "x:y", "", "naïve", "new\nline"])
+def test_header_name_must_be_a_token(name: str) -> None:
+    with pytest.raises(ValueError):
+        Response(headers={name: "v"})
+
+
+@pytest.mark.parametrize("value", ["a\r\nx-injected: 1", "a\nb", "a\rb", "a\x00b", b"a\r\nb"])
+def test_header_value_with_cr_lf_or_nul_is_rejected(value: Any) -> None:
+    with pytest.raises(ValueError, match="header injection"):
+        Response(headers=[("x-ok", value)])
+
+
+def test_media_type_with_crlf_is_rejected() -> None:
+    with pytest.raises(ValueError, match="header injection"):
+        Response("x", media_type="text/plain\r\nx-evil: 1")
+
+
+@pytest.mark.parametrize("content", [{"a": 1}, 12, ["x"]])
+def test_unsupported_content_type_is_rejected(content: Any) -> None:
+    with pytest.raises(TypeError, match="serialize it first"):
+        Response(content)
+
+
+@pytest.mark.parametrize("status", [204, 304])
+def test_body_with_204_or_304_is_rejected(status: int) -> None:
+    with pytest.raises(ValueError, match="cannot have a body"):
+        Response(b"x", status_code=status)
+
+
+def test_content_length_is_not_accepted_from_the_caller() -> None:
+    with pytest.raises(ValueError, match="content-length"):
+        Response(b"abc", headers={"Content-Length": "9"})
+
+
+def test_sync_function_as_background_is_rejected_with_the_fix() -> None:
+    with pytest.raises(TypeError, match=r"BackgroundTask\(func, \*args\)"):
+        Response(background=print)
+
+
+@pytest.mark.parametrize("scope_type", ["websocket", "lifespan"])
+async def test_non_http_scope_gets_a_clear_error(scope_type: str) -> None:
+    send = Recorder()
+    with pytest.raises(ValueError, match="only answers 'http' scopes"):
+        await Response(b"x")({"type": scope_type}, no_receive, send)
+    assert send.messages == []
+
+
+# 8. After the response
+
+
+async def test_tasks_run_only_after_the_final_body_was_sent() -> None:
+    send = Recorder()
+    seen: list[list[str]] = []
+
+    async def check() -> None:
+        seen.append(list(send.types))
+
+    def check_sync() -> None:
+        seen.append(list(send.types))
+
+    tasks = BackgroundTasks()
+    tasks.add_task(check)
+    tasks.add_task(check_sync)
+    await Response(b"x", background=tasks)(http_scope(), no_receive, send)
+    assert seen == [["http.response.start", "http.response.body"]] * 2
+
+
+async def test_task_exception_is_logged_with_name_and_traceback_not_raised(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    log: list[str] = []
+
+    def explode() -> None:
+        raise RuntimeError("smtp down")
+
+    tasks = BackgroundTasks()
+    tasks.add_task(explode)
+    tasks.add_task(log.append, "next")
+    await Response(b"ok", background=tasks)(http_scope(), no_receive, Recorder())
+    assert log == ["next"]
+    [record] = [r for r in caplog.records if r.name == "bgtasks"]
+    assert record.levelno == logging.ERROR
+    assert "test_response.test_task_exception_is_logged" in record.getMessage()
+    assert record.exc_info is not None and str(record.exc_info[1]) == "smtp down"
+    assert "in explode" in caplog.text  # the traceback reaches the task's own frame
+
+
+async def test_client_gone_is_not_an_error_and_tasks_still_run(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    log: list[str] = []
+    background = BackgroundTask(log.append, "ran")
+    await Response(b"ok", background=background)(http_scope(), no_receive, Recorder(OSError()))
+    assert log == ["ran"]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+async def test_other_send_failure_propagates_and_names_the_dropped_tasks(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    log: list[str] = []
+    background = BackgroundTask(log.append, "ran")
+    with pytest.raises(RuntimeError, match="protocol"):
+        response = Response(b"ok", background=background)
+        await response(http_scope(), no_receive, Recorder(RuntimeError("protocol")))
+    assert log == []
+    assert "never started" in caplog.text and "builtins.list.append" in caplog.text
+
+
+async def test_cancellation_propagates_with_one_warning_naming_the_tasks(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def stuck() -> None:
+        await anyio.sleep(60)
+
+    tasks = BackgroundTasks()
+    tasks.add_task(stuck)
+    tasks.add_task(print, "never")
+    with anyio.move_on_after(0.05) as scope:
+        await Response(b"ok", background=tasks)(http_scope(), no_receive, Recorder())
+    assert scope.cancelled_caught
+    warnings = [r.getMessage() for r in caplog.records if r.name == "bgtasks"]
+    assert len(warnings) == 1
+    assert "stuck" in warnings[0] and "never started: [builtins.print]" in warnings[0]
+
+
+async def test_foreign_awaitable_background_runs_and_its_failure_is_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Foreign:
+        async def __call__(self) -> None:
+            raise LookupError("foreign")
+
+    await Response(b"ok", background=Foreign())(http_scope(), no_receive, Recorder())
+    assert "Foreign failed" in caplog.text

@@ -1,0 +1,553 @@
+"""BackgroundTask and BackgroundTasks: dispatch, order, failures, threads, context, concurrency."""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import logging
+import sys
+import threading
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import pytest
+
+import bgtasks
+from bgtasks import BackgroundTask, BackgroundTasks
+
+if sys.version_info < (3, 11):
+    from exceptiongroup import ExceptionGroup
+
+request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="unset")
+
+
+async def append_async(log: list[Any], item: Any) -> None:
+    await anyio.sleep(0)
+    log.append(item)
+
+
+def append_sync(log: list[Any], item: Any) -> None:
+    log.append(item)
+
+
+def record_thread(log: list[int]) -> None:
+    log.append(threading.get_ident())
+
+
+async def record_thread_async(log: list[int]) -> None:
+    log.append(threading.get_ident())
+
+
+class AsyncCallable:
+    def __init__(self) -> None:
+        self.threads: list[int] = []
+
+    async def __call__(self) -> None:
+        self.threads.append(threading.get_ident())
+
+
+class SyncCallable:
+    def __init__(self) -> None:
+        self.threads: list[int] = []
+
+    def __call__(self) -> None:
+        self.threads.append(threading.get_ident())
+
+
+def fail(message: str) -> None:
+    raise ValueError(message)
+
+
+async def fail_async(message: str) -> None:
+    await anyio.sleep(0)
+    raise KeyError(message)
+
+
+# 1. Dispatch
+
+
+async def test_coroutine_function_runs_on_the_loop(loop_thread: int) -> None:
+    threads: list[int] = []
+    await BackgroundTask(record_thread_async, threads)()
+    assert threads == [loop_thread]
+
+
+async def test_nested_partial_of_coroutine_function_runs_on_the_loop(loop_thread: int) -> None:
+    threads: list[int] = []
+    task = BackgroundTask(functools.partial(functools.partial(record_thread_async), threads))
+    assert task.is_async
+    await task()
+    assert threads == [loop_thread]
+
+
+async def test_object_with_async_call_runs_on_the_loop(loop_thread: int) -> None:
+    func = AsyncCallable()
+    await BackgroundTask(func)()
+    assert func.threads == [loop_thread]
+
+
+async def test_sync_function_runs_in_a_worker_thread(loop_thread: int) -> None:
+    threads: list[int] = []
+    await BackgroundTask(record_thread, threads)()
+    assert len(threads) == 1
+    assert threads[0] != loop_thread
+
+
+async def test_sync_callable_object_and_class_run_in_a_worker_thread(loop_thread: int) -> None:
+    func = SyncCallable()
+    tasks = BackgroundTasks()
+    tasks.add_task(func)
+    tasks.add_task(functools.partial(func))
+    await tasks()
+    assert len(func.threads) == 2
+    assert loop_thread not in func.threads
+
+
+async def test_awaitable_returned_by_a_sync_callable_is_awaited(loop_thread: int) -> None:
+    threads: list[int] = []
+    await BackgroundTask(lambda: record_thread_async(threads))()
+    assert threads == [loop_thread]
+
+
+async def test_awaitable_returned_by_a_sync_callable_is_awaited_in_order() -> None:
+    log: list[str] = []
+    tasks = BackgroundTasks()
+    tasks.add_task(append_sync, log, "a")
+    tasks.add_task(lambda: append_async(log, "b"))
+    tasks.add_task(append_sync, log, "c")
+    await tasks()
+    assert log == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize("value", [None, 42, "send_email"])
+def test_non_callable_is_rejected_by_add_task(value: Any) -> None:
+    tasks = BackgroundTasks()
+    with pytest.raises(TypeError, match="needs a callable"):
+        tasks.add_task(value)
+    assert len(tasks) == 0
+
+
+def test_non_callable_is_rejected_by_the_constructor() -> None:
+    with pytest.raises(TypeError, match="needs a callable"):
+        BackgroundTask(42)  # type: ignore[arg-type]
+
+
+def test_coroutine_object_is_rejected_with_the_fix() -> None:
+    coroutine = append_async([], 1)
+    with pytest.raises(TypeError, match=r"add_task\(send_email, to\)"):
+        BackgroundTasks().add_task(coroutine)  # type: ignore[arg-type]
+
+
+def test_tasks_argument_must_hold_background_tasks() -> None:
+    with pytest.raises(TypeError, match="wrap it as BackgroundTask"):
+        BackgroundTasks([print])  # type: ignore[list-item]
+
+
+@pytest.mark.parametrize(("value", "error"), [(0, ValueError), (-1, ValueError), (1.5, TypeError)])
+def test_concurrency_must_be_a_positive_int(value: Any, error: type[Exception]) -> None:
+    with pytest.raises(error, match="concurrency"):
+        BackgroundTasks(concurrency=value)
+
+
+def test_task_exposes_func_args_kwargs_and_name() -> None:
+    task = BackgroundTasks().add_task(append_sync, [], item=3)
+    assert task.func is append_sync
+    assert task.args == ([],)
+    assert task.kwargs == {"item": 3}
+    assert task.name == "test_tasks.append_sync"
+    assert BackgroundTask(functools.partial(fail_async)).name == "test_tasks.fail_async"
+    assert BackgroundTask(AsyncCallable()).name == "test_tasks.AsyncCallable"
+
+
+def test_len_and_iteration_follow_add_order() -> None:
+    tasks = BackgroundTasks([BackgroundTask(print)])
+    second = tasks.add_task(fail, "x")
+    assert len(tasks) == 2
+    assert [task.func for task in tasks] == [print, fail]
+    assert list(tasks)[1] is second
+
+
+# 2. Order
+
+
+async def test_tasks_run_in_the_order_they_were_added() -> None:
+    log: list[int] = []
+    tasks = BackgroundTasks()
+    for item in range(6):
+        tasks.add_task(append_async if item % 3 else append_sync, log, item)
+    await tasks()
+    assert log == list(range(6))
+
+
+async def test_task_added_by_a_running_task_runs_after_the_others() -> None:
+    log: list[str] = []
+    tasks = BackgroundTasks()
+
+    async def adder() -> None:
+        log.append("adder")
+        tasks.add_task(append_sync, log, "added by async")
+
+    def sync_adder() -> None:
+        log.append("sync adder")
+        tasks.add_task(append_async, log, "added by sync")
+
+    tasks.add_task(adder)
+    tasks.add_task(sync_adder)
+    tasks.add_task(append_sync, log, "last added first")
+    await tasks()
+    assert log == ["adder", "sync adder", "last added first", "added by async", "added by sync"]
+
+
+# 3. Failure isolation
+
+
+async def test_failing_task_does_not_stop_the_next() -> None:
+    log: list[str] = []
+    tasks = BackgroundTasks()
+    tasks.add_task(fail, "first")
+    tasks.add_task(append_sync, log, "after sync failure")
+    tasks.add_task(fail_async, "second")
+    tasks.add_task(append_async, log, "after async failure")
+    with pytest.raises(ExceptionGroup):
+        await tasks()
+    assert log == ["after sync failure", "after async failure"]
+
+
+async def test_one_failure_raises_the_tasks_own_exception_after_all_ran() -> None:
+    log: list[str] = []
+    error = ValueError("mine")
+
+    def raise_error() -> None:
+        raise error
+
+    tasks = BackgroundTasks()
+    tasks.add_task(raise_error)
+    tasks.add_task(append_async, log, "ran")
+    with pytest.raises(ValueError) as caught:
+        await tasks()
+    assert caught.value is error
+    assert log == ["ran"]
+
+
+async def test_several_failures_raise_one_flat_group_in_task_order() -> None:
+    tasks = BackgroundTasks()
+    tasks.add_task(fail, "one")
+    tasks.add_task(fail_async, "two")
+    tasks.add_task(fail, "three")
+    with pytest.raises(ExceptionGroup) as caught:
+        await tasks()
+    assert [type(e) for e in caught.value.exceptions] == [ValueError, KeyError, ValueError]
+    assert [e.args[0] for e in caught.value.exceptions] == ["one", "two", "three"]
+
+
+# 4. Threads
+
+
+async def test_background_threads_do_not_use_anyios_default_limiter() -> None:
+    default = anyio.to_thread.current_default_thread_limiter()
+    saved = default.total_tokens
+    default.total_tokens = 1
+    release = threading.Event()
+    try:
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as group:
+                # A sync endpoint holds the only default token until background work has run.
+                group.start_soon(anyio.to_thread.run_sync, release.wait)
+                await anyio.sleep(0.01)
+                await BackgroundTask(release.set)()
+    finally:
+        release.set()
+        default.total_tokens = saved
+    assert release.is_set()
+
+
+async def test_exhausted_background_budget_does_not_block_endpoints() -> None:
+    limiter = bgtasks.current_thread_limiter()
+    saved = limiter.total_tokens
+    limiter.total_tokens = 1
+    release = threading.Event()
+    try:
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as group:
+                group.start_soon(BackgroundTask(release.wait))
+                await anyio.sleep(0.01)
+                assert limiter.borrowed_tokens == 1
+                await anyio.to_thread.run_sync(release.set)
+    finally:
+        release.set()
+        limiter.total_tokens = saved
+
+
+async def test_thread_budget_is_per_event_loop_and_has_the_documented_default() -> None:
+    limiter = bgtasks.current_thread_limiter()
+    assert limiter is bgtasks.current_thread_limiter()
+    assert limiter is not anyio.to_thread.current_default_thread_limiter()
+    assert limiter.total_tokens == bgtasks._threads.DEFAULT_THREAD_LIMIT == 8
+
+
+async def test_consecutive_sync_tasks_share_one_thread_hop(monkeypatch: pytest.MonkeyPatch) -> None:
+    hops: list[Any] = []
+    real_run_sync = anyio.to_thread.run_sync
+
+    async def counting_run_sync(func: Any, *args: Any, **kwargs: Any) -> Any:
+        hops.append(func)
+        return await real_run_sync(func, *args, **kwargs)
+
+    monkeypatch.setattr(anyio.to_thread, "run_sync", counting_run_sync)
+    threads: list[int] = []
+    tasks = BackgroundTasks()
+    for _ in range(5):
+        tasks.add_task(record_thread, threads)
+    tasks.add_task(record_thread_async, threads)
+    for _ in range(3):
+        tasks.add_task(record_thread, threads)
+    await tasks()
+    assert len(threads) == 9
+    assert len(hops) == 2
+    assert len(set(threads[:5])) == 1
+
+
+def test_one_process_can_run_asyncio_then_trio() -> None:
+    async def main() -> tuple[int, int]:
+        threads: list[int] = []
+        tasks = BackgroundTasks()
+        tasks.add_task(record_thread, threads)
+        tasks.add_task(lambda: record_thread_async(threads))
+        await tasks()
+        return len(threads), bgtasks.current_thread_limiter().total_tokens
+
+    assert anyio.run(main, backend="asyncio") == (2, 8)
+    assert anyio.run(main, backend="trio") == (2, 8)
+    assert anyio.run(main, backend="asyncio") == (2, 8)
+
+
+# 5. Context
+
+
+async def test_task_sees_context_as_it_was_when_added() -> None:
+    seen: list[str] = []
+
+    async def see_async() -> None:
+        seen.append(request_id.get())
+
+    def see_sync() -> None:
+        seen.append(request_id.get())
+
+    tasks = BackgroundTasks()
+    token = request_id.set("at add time")
+    tasks.add_task(see_async)
+    tasks.add_task(see_sync)
+    request_id.set("changed later")
+    try:
+        await tasks()
+    finally:
+        request_id.reset(token)
+    assert seen == ["at add time", "at add time"]
+
+
+async def test_task_added_from_a_sync_endpoint_in_a_worker_thread_sees_its_context() -> None:
+    seen: list[str] = []
+    tasks = BackgroundTasks()
+
+    def sync_endpoint() -> None:
+        request_id.set("set in the endpoint thread")
+        tasks.add_task(lambda: seen.append(request_id.get()))
+        tasks.add_task(functools.partial(append_async, seen, "marker"))
+        tasks.add_task(lambda: append_async(seen, request_id.get()))
+
+    await anyio.to_thread.run_sync(sync_endpoint)
+    assert request_id.get() == "unset"
+    await tasks()
+    assert seen == ["set in the endpoint thread", "marker", "set in the endpoint thread"]
+
+
+async def test_context_changes_in_a_task_stay_in_that_task() -> None:
+    seen: list[str] = []
+
+    async def change() -> None:
+        request_id.set("changed by task")
+
+    async def see() -> None:
+        seen.append(request_id.get())
+
+    tasks = BackgroundTasks()
+    tasks.add_task(change)
+    tasks.add_task(see)
+    await tasks()
+    assert seen == ["unset"]
+    assert request_id.get() == "unset"
+
+
+async def test_async_tasks_run_in_the_callers_task_not_a_new_one() -> None:
+    caller = anyio.get_current_task().id
+    seen: list[int] = []
+
+    async def record_task() -> None:
+        await anyio.sleep(0)
+        seen.append(anyio.get_current_task().id)
+
+    tasks = BackgroundTasks()
+    tasks.add_task(record_task)
+    tasks.add_task(functools.partial(record_task))
+    await tasks()
+    assert seen == [caller, caller]
+
+
+async def test_cancel_scope_inside_a_task_works_in_its_context() -> None:
+    seen: list[str] = []
+
+    async def bounded() -> None:
+        with anyio.move_on_after(0.01) as scope:
+            await anyio.sleep(30)
+        seen.append(f"{scope.cancelled_caught} {request_id.get()}")
+
+    token = request_id.set("ctx")
+    task = BackgroundTask(bounded)
+    request_id.reset(token)
+    await task()
+    assert seen == ["True ctx"]
+
+
+# 6. Concurrency
+
+
+async def test_concurrency_runs_tasks_at_the_same_time() -> None:
+    # With concurrency=1 the first task would wait forever for the second.
+    second_started = anyio.Event()
+    log: list[str] = []
+
+    async def first() -> None:
+        await second_started.wait()
+        log.append("first")
+
+    async def second() -> None:
+        second_started.set()
+        log.append("second")
+
+    tasks = BackgroundTasks(concurrency=2)
+    tasks.add_task(first)
+    tasks.add_task(second)
+    with anyio.fail_after(10):
+        await tasks()
+    assert log == ["second", "first"]
+
+
+async def test_concurrency_limit_is_respected_and_tasks_start_in_order() -> None:
+    running = 0
+    peak = 0
+    started: list[int] = []
+
+    async def work(item: int) -> None:
+        nonlocal running, peak
+        started.append(item)
+        running += 1
+        peak = max(peak, running)
+        for _ in range(3):
+            await anyio.sleep(0)
+        running -= 1
+
+    tasks = BackgroundTasks(concurrency=3)
+    for item in range(10):
+        tasks.add_task(work, item)
+    await tasks()
+    assert started == list(range(10))
+    assert peak == 3
+
+
+async def test_concurrent_failure_does_not_cancel_siblings() -> None:
+    may_finish = anyio.Event()
+    log: list[str] = []
+
+    async def fails_first() -> None:
+        raise RuntimeError("early")
+
+    async def slow_sibling() -> None:
+        await may_finish.wait()
+        log.append("sibling finished")
+
+    async def releaser() -> None:
+        await anyio.sleep(0.01)
+        may_finish.set()
+
+    tasks = BackgroundTasks(concurrency=3)
+    tasks.add_task(slow_sibling)
+    tasks.add_task(fails_first)
+    tasks.add_task(releaser)
+    with anyio.fail_after(10), pytest.raises(RuntimeError, match="early"):
+        await tasks()
+    assert log == ["sibling finished"]
+
+
+async def test_concurrent_sync_tasks_run_in_their_own_threads() -> None:
+    both = threading.Barrier(2, timeout=10)
+    tasks = BackgroundTasks(concurrency=2)
+    tasks.add_task(both.wait)
+    tasks.add_task(both.wait)
+    await tasks()
+    assert both.n_waiting == 0
+
+
+# Cancellation
+
+
+async def test_cancellation_propagates_and_names_unfinished_tasks(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    log: list[str] = []
+
+    async def hangs() -> None:
+        await anyio.sleep(60)
+
+    tasks = BackgroundTasks()
+    tasks.add_task(append_async, log, "done")
+    tasks.add_task(hangs)
+    tasks.add_task(append_sync, log, "never")
+    with anyio.move_on_after(0.05) as scope:
+        await tasks()
+    assert scope.cancelled_caught
+    assert log == ["done"]
+    warnings = [r for r in caplog.records if r.name == "bgtasks" and r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    message = warnings[0].getMessage()
+    assert (
+        "cancelled: [test_tasks.test_cancellation_propagates_and_names_unfinished_tasks"
+        ".<locals>.hangs]" in message
+    )
+    assert "never started: [test_tasks.append_sync]" in message
+    assert "append_async" not in message
+
+
+async def test_cancelled_sync_batch_starts_no_further_task(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    started = threading.Event()
+    release = threading.Event()
+    finished = threading.Event()
+    log: list[str] = []
+
+    def blocks() -> None:
+        started.set()
+        release.wait(10)
+        finished.set()
+
+    tasks = BackgroundTasks()
+    tasks.add_task(blocks)
+    tasks.add_task(append_sync, log, "never")
+    try:
+        with anyio.CancelScope() as scope:
+            async with anyio.create_task_group() as group:
+                group.start_soon(tasks)
+                await anyio.to_thread.run_sync(started.wait)
+                scope.cancel()
+    finally:
+        release.set()
+    await anyio.to_thread.run_sync(finished.wait, 10)
+    await anyio.sleep(0.05)  # room for a wrongly started next task to show up
+    assert log == []
+    message = next(r.getMessage() for r in caplog.records if r.name == "bgtasks")
+    assert (
+        "cancelled: [test_tasks.test_cancelled_sync_batch_starts_no_further_task.<locals>.blocks]"
+        in message
+    )
+    assert "never started: [test_tasks.append_sync]" in message
