@@ -1,0 +1,389 @@
+"""BackgroundTasksMiddleware and get_background_tasks, in process, on asyncio and trio."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import pytest
+from helpers import Recorder, http_scope, no_receive
+
+from bgtasks import (
+    BackgroundTask,
+    BackgroundTasksMiddleware,
+    Response,
+    get_background_tasks,
+)
+from bgtasks.middleware import COMPLETES_RESPONSE
+
+Message = dict[str, Any]
+
+
+def sending(*messages: Message, log: list[str] | None = None) -> Any:
+    """An app that adds one task, then sends ``messages``."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        get_background_tasks(scope).add_task(record, log if log is not None else [], "task")
+        for message in messages:
+            await send(message)
+
+    return app
+
+
+def record(log: list[str], item: str) -> None:
+    log.append(item)
+
+
+START = {"type": "http.response.start", "status": 200, "headers": []}
+START_TRAILERS = {**START, "trailers": True}
+BODY = {"type": "http.response.body", "body": b"x"}
+CHUNK = {"type": "http.response.body", "body": b"x", "more_body": True}
+
+
+# 1. When the response is complete
+
+
+@pytest.mark.parametrize(
+    ("messages", "runs"),
+    [
+        pytest.param([START, BODY], True, id="final body"),
+        pytest.param([START, CHUNK, CHUNK, BODY], True, id="streamed, last chunk"),
+        pytest.param([START, CHUNK], False, id="streamed, no last chunk"),
+        pytest.param(
+            [START, {"type": "http.response.pathsend", "path": "/x"}], True, id="pathsend"
+        ),
+        pytest.param(
+            [START, {"type": "http.response.zerocopysend", "file": 3}], True, id="zerocopysend"
+        ),
+        pytest.param(
+            [START, {"type": "http.response.zerocopysend", "file": 3, "more_body": True}],
+            False,
+            id="zerocopysend, more_body",
+        ),
+        pytest.param([START_TRAILERS, BODY], False, id="trailers announced, none sent"),
+        pytest.param(
+            [
+                START_TRAILERS,
+                BODY,
+                {"type": "http.response.trailers", "headers": [], "more_trailers": True},
+                {"type": "http.response.trailers", "headers": []},
+            ],
+            True,
+            id="last trailers",
+        ),
+        pytest.param(
+            [START_TRAILERS, BODY, {"type": "http.response.trailers", "more_trailers": True}],
+            False,
+            id="more trailers pending",
+        ),
+        pytest.param([START], False, id="start only"),
+        pytest.param([], False, id="nothing sent"),
+    ],
+)
+async def test_tasks_run_only_once_the_response_is_complete(
+    messages: list[Message], runs: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    log: list[str] = []
+    send = Recorder()
+    await BackgroundTasksMiddleware(sending(*messages, log=log))(http_scope(), no_receive, send)
+    assert send.messages == messages
+    assert log == (["task"] if runs else [])
+    dropped = [r for r in caplog.records if "without completing its response" in r.getMessage()]
+    assert len(dropped) == (0 if runs else 1)
+    assert runs or "test_middleware.record" in dropped[0].getMessage()
+
+
+def test_completion_rules_live_in_one_table() -> None:
+    assert set(COMPLETES_RESPONSE) == {
+        "http.response.body",
+        "http.response.zerocopysend",
+        "http.response.trailers",
+        "http.response.pathsend",
+    }
+
+
+async def test_client_gone_still_counts_as_complete() -> None:
+    log: list[str] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        get_background_tasks(scope).add_task(record, log, "task")
+        await Response(b"x")(scope, receive, send)  # swallows the OSError, as ASGI 2.4 asks
+
+    await BackgroundTasksMiddleware(app)(http_scope(), no_receive, Recorder(OSError()))
+    assert log == ["task"]
+
+
+# 2. Failed requests
+
+
+async def test_app_exception_drops_tasks_names_them_and_propagates_unchanged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    log: list[str] = []
+    error = LookupError("handler bug")
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        get_background_tasks(scope).add_task(record, log, "task")
+        await send(START)
+        await send(BODY)
+        raise error
+
+    with pytest.raises(LookupError) as caught:
+        await BackgroundTasksMiddleware(app)(http_scope(), no_receive, Recorder())
+    assert caught.value is error
+    assert log == []
+    [warning] = [r.getMessage() for r in caplog.records if r.name == "bgtasks"]
+    assert "the app raised" in warning and "never started: [test_middleware.record]" in warning
+
+
+async def test_failing_task_is_logged_and_the_call_returns(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        get_background_tasks(scope).add_task(int, "nope")
+        await Response(b"x")(scope, receive, send)
+
+    await BackgroundTasksMiddleware(app)(http_scope(), no_receive, Recorder())
+    [error] = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert "builtins.int failed" in error.getMessage()
+
+
+# 3. Two task lists
+
+
+async def test_response_background_runs_before_middleware_tasks() -> None:
+    log: list[str] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        get_background_tasks(scope).add_task(record, log, "middleware task")
+        await Response(b"x", background=BackgroundTask(record, log, "response task"))(
+            scope, receive, send
+        )
+
+    await BackgroundTasksMiddleware(app)(http_scope(), no_receive, Recorder())
+    assert log == ["response task", "middleware task"]
+
+
+# The accessor
+
+
+def test_get_background_tasks_outside_the_middleware_says_how_to_fix_it() -> None:
+    with pytest.raises(RuntimeError, match=r"wrap the ASGI app with BackgroundTasksMiddleware"):
+        get_background_tasks(http_scope())
+
+
+async def test_tasks_survive_a_copied_scope() -> None:
+    log: list[str] = []
+
+    async def inner(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        get_background_tasks(scope).add_task(record, log, "from the copy")
+        await Response(b"x")(scope, receive, send)
+
+    async def copying(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await inner({**scope, "path": "/rewritten"}, receive, send)
+
+    await BackgroundTasksMiddleware(copying)(http_scope(), no_receive, Recorder())
+    assert log == ["from the copy"]
+
+
+async def test_nested_middleware_runs_tasks_once() -> None:
+    log: list[str] = []
+    app = BackgroundTasksMiddleware(BackgroundTasksMiddleware(sending(START, BODY, log=log)))
+    await app(http_scope(), no_receive, Recorder())
+    assert log == ["task"]
+
+
+async def test_websocket_scope_passes_through() -> None:
+    seen: list[str] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        seen.append(scope["type"])
+        with pytest.raises(RuntimeError):
+            get_background_tasks(scope)
+
+    await BackgroundTasksMiddleware(app)({"type": "websocket"}, no_receive, Recorder())
+    assert seen == ["websocket"]
+
+
+@pytest.mark.parametrize(("timeout", "error"), [(-1, ValueError), ("5", TypeError)])
+def test_bad_shutdown_timeout_is_rejected(timeout: Any, error: type[Exception]) -> None:
+    with pytest.raises(error, match="shutdown_timeout"):
+        BackgroundTasksMiddleware(sending(), shutdown_timeout=timeout)
+
+
+def test_non_callable_app_is_rejected() -> None:
+    with pytest.raises(TypeError, match="needs an ASGI app"):
+        BackgroundTasksMiddleware("main:app")  # type: ignore[arg-type]
+
+
+# 4. and 5. Lifespan, drain and detached mode
+
+
+class Lifespan:
+    """Plays the server's side of the lifespan protocol against an app."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.to_app, self.app_inbox = anyio.create_memory_object_stream[Message](10)
+        self.to_server, self.server_inbox = anyio.create_memory_object_stream[Message](10)
+
+    async def receive(self) -> Message:
+        return await self.app_inbox.receive()
+
+    async def send(self, message: Message) -> None:
+        await self.to_server.send(message)
+
+    async def step(self, kind: str) -> str:
+        await self.to_app.send({"type": f"lifespan.{kind}"})
+        with anyio.fail_after(10):
+            return str((await self.server_inbox.receive())["type"])
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[Lifespan]:
+        async with anyio.create_task_group() as group:
+            group.start_soon(self.app, {"type": "lifespan", "state": {}}, self.receive, self.send)
+            assert await self.step("startup") == "lifespan.startup.complete"
+            yield self
+
+
+def lifespan_app(log: list[str], endpoint: Any = None) -> Any:
+    """An app that speaks lifespan, logging its startup and shutdown, and serves ``endpoint``."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "lifespan":
+            return await endpoint(scope, receive, send)
+        while True:
+            message = await receive()
+            log.append(f"app {message['type']}")
+            await send({"type": f"{message['type']}.complete"})
+            if message["type"] == "lifespan.shutdown":
+                return
+
+    return app
+
+
+async def test_lifespan_passes_through_to_the_app() -> None:
+    log: list[str] = []
+    async with Lifespan(BackgroundTasksMiddleware(lifespan_app(log))).running() as lifespan:
+        assert await lifespan.step("shutdown") == "lifespan.shutdown.complete"
+    assert log == ["app lifespan.startup", "app lifespan.shutdown"]
+
+
+async def test_app_without_lifespan_support_still_gets_startup_and_shutdown_completed() -> None:
+    async def http_only(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        assert scope["type"] == "http", "lifespan unsupported"
+
+    async with Lifespan(BackgroundTasksMiddleware(http_only)).running() as lifespan:
+        assert await lifespan.step("shutdown") == "lifespan.shutdown.complete"
+
+
+async def test_app_that_returns_on_lifespan_still_gets_it_completed() -> None:
+    async def ignores_lifespan(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        return None
+
+    async with Lifespan(BackgroundTasksMiddleware(ignores_lifespan)).running() as lifespan:
+        assert await lifespan.step("shutdown") == "lifespan.shutdown.complete"
+
+
+async def test_startup_failure_of_a_lifespan_app_propagates() -> None:
+    async def broken(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await receive()
+        raise ConnectionError("database unreachable")
+
+    lifespan = Lifespan(BackgroundTasksMiddleware(broken))
+    await lifespan.to_app.send({"type": "lifespan.startup"})
+    with pytest.raises(ConnectionError, match="database unreachable"):
+        await lifespan.app({"type": "lifespan"}, lifespan.receive, lifespan.send)
+
+
+def waiting_endpoint(release: anyio.Event, log: list[str]) -> Any:
+    async def wait_then_record() -> None:
+        await release.wait()
+        log.append("task done")
+
+    async def endpoint(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        get_background_tasks(scope).add_task(wait_then_record)
+        await Response(b"ok")(scope, receive, send)
+
+    return endpoint
+
+
+async def test_detached_call_returns_before_its_tasks_finish() -> None:
+    log: list[str] = []
+    release = anyio.Event()
+    app = BackgroundTasksMiddleware(
+        lifespan_app(log, waiting_endpoint(release, log)), detached=True
+    )
+    async with Lifespan(app).running() as lifespan:
+        send = Recorder()
+        with anyio.fail_after(10):
+            await app(http_scope(), no_receive, send)  # would hang if it awaited the task
+        assert send.body == b"ok"
+        assert log == ["app lifespan.startup"]
+        release.set()
+        assert await lifespan.step("shutdown") == "lifespan.shutdown.complete"
+    assert log == ["app lifespan.startup", "task done", "app lifespan.shutdown"]
+
+
+@pytest.mark.parametrize("detached", [False, True])
+async def test_shutdown_waits_for_in_flight_work_before_the_apps_shutdown(detached: bool) -> None:
+    log: list[str] = []
+    release = anyio.Event()
+    app = BackgroundTasksMiddleware(
+        lifespan_app(log, waiting_endpoint(release, log)), detached=detached
+    )
+    async with Lifespan(app).running() as lifespan, anyio.create_task_group() as requests:
+        requests.start_soon(app, http_scope(), no_receive, Recorder())
+        await anyio.wait_all_tasks_blocked()
+
+        async def shut_down() -> None:
+            assert await lifespan.step("shutdown") == "lifespan.shutdown.complete"
+
+        requests.start_soon(shut_down)
+        await anyio.wait_all_tasks_blocked()
+        assert log == ["app lifespan.startup"]  # shutdown is held back by the running task
+        release.set()
+    assert log == ["app lifespan.startup", "task done", "app lifespan.shutdown"]
+
+
+@pytest.mark.parametrize("detached", [False, True])
+async def test_shutdown_timeout_cancels_and_names_every_unfinished_task(
+    detached: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    log: list[str] = []
+    never = anyio.Event()
+
+    async def endpoint(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        tasks = get_background_tasks(scope)
+        tasks.add_task(never.wait)
+        tasks.add_task(record, log, "second")
+        await Response(b"ok")(scope, receive, send)
+
+    app = BackgroundTasksMiddleware(
+        lifespan_app(log, endpoint), detached=detached, shutdown_timeout=0.05
+    )
+    async with Lifespan(app).running() as lifespan, anyio.create_task_group() as requests:
+        requests.start_soon(app, http_scope(), no_receive, Recorder())
+        await anyio.wait_all_tasks_blocked()
+        with anyio.fail_after(10):
+            assert await lifespan.step("shutdown") == "lifespan.shutdown.complete"
+    assert log == ["app lifespan.startup", "app lifespan.shutdown"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("shutdown_timeout (0.05s) ran out" in w for w in warnings)
+    assert any(
+        "cancelled: [anyio" in w and "never started: [test_middleware.record]" in w
+        for w in warnings
+    )
+
+
+async def test_detached_without_lifespan_fails_the_request_loudly() -> None:
+    log: list[str] = []
+    app = BackgroundTasksMiddleware(sending(START, BODY, log=log), detached=True)
+    send = Recorder()
+    with pytest.raises(RuntimeError, match="needs the ASGI lifespan protocol"):
+        await app(http_scope(), no_receive, send)
+    assert send.messages == []
+    assert log == []
