@@ -71,8 +71,8 @@ class _InFlight:
         self.runs: dict[anyio.CancelScope, BackgroundTasks] = {}
         self.idle: anyio.Event | None = None
 
-    async def run(self, tasks: BackgroundTasks) -> None:
-        with anyio.CancelScope() as scope:
+    async def run(self, tasks: BackgroundTasks, scope: anyio.CancelScope | None = None) -> None:
+        with scope or anyio.CancelScope() as scope:
             self.runs[scope] = tasks
             try:
                 await run_background(tasks)
@@ -80,13 +80,46 @@ class _InFlight:
                 del self.runs[scope]
                 if not self.runs and self.idle is not None:
                     self.idle.set()
+                    self.idle = None
+
+    async def wait_idle(self) -> None:
+        while self.runs:
+            if self.idle is None:
+                self.idle = anyio.Event()
+            await self.idle.wait()
+
+    async def run_with_grace(self, tasks: BackgroundTasks, grace: float) -> None:
+        # Servers cancel a request's call when they shut down (hypercorn after graceful_timeout,
+        # daphne at once) or some time after the response (daphne's application_close_timeout).
+        # So the work runs shielded in a child task, and a cancellation of the request only
+        # starts a grace period of `grace` seconds, after which the work is cancelled too. The
+        # servers wait for a cancelled call to end, so the work gets to finish.
+        work = anyio.CancelScope(shield=True)
+        finished = anyio.Event()
+
+        async def shielded() -> None:
+            try:
+                await self.run(tasks, work)
+            finally:
+                finished.set()
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(shielded)
+            try:
+                await finished.wait()
+            except anyio.get_cancelled_exc_class():
+                logger.info("the server cancelled a request; its background work has %ss", grace)
+                with anyio.CancelScope(shield=True):
+                    # Wait for all work in flight, not just this request's: daphne stops
+                    # waiting for its cancelled calls as soon as the first one ends.
+                    with anyio.move_on_after(grace):
+                        await self.wait_idle()
+                    work.cancel()
+                raise
 
     async def drain(self, timeout: float) -> None:
-        if not self.runs:
-            return
-        self.idle = anyio.Event()
         with anyio.move_on_after(timeout):
-            await self.idle.wait()
+            await self.wait_idle()
         if self.runs:
             logger.warning(
                 "shutdown_timeout (%ss) ran out with background work of %d requests unfinished; "
@@ -97,8 +130,7 @@ class _InFlight:
             for scope in list(self.runs):
                 scope.cancel()
             with anyio.move_on_after(timeout):
-                await self.idle.wait()  # each cancelled run names its unfinished tasks
-        self.idle = None
+                await self.wait_idle()  # each cancelled run names its unfinished tasks
 
 
 class BackgroundTasksMiddleware:
@@ -191,7 +223,7 @@ class BackgroundTasksMiddleware:
         elif group is not None and self.detached:
             group.start_soon(self._in_flight.run, tasks)
         else:  # attached, or detached after shutdown began: the server's own drain covers it
-            await self._in_flight.run(tasks)
+            await self._in_flight.run_with_grace(tasks, self.shutdown_timeout)
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         received_any = False

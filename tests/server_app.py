@@ -11,11 +11,12 @@ import logging
 import os
 import time
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs
 
 import anyio
 
-from bgtasks import BackgroundTask, Response
+from bgtasks import BackgroundTask, BackgroundTasksMiddleware, Response, get_background_tasks
 from bgtasks._types import Receive, Scope, Send
 
 logging.basicConfig(level=logging.INFO, format="%(name)s %(levelname)s %(message)s")
@@ -63,3 +64,50 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
         "/fail": BackgroundTask(fail_on_purpose, name),
     }.get(scope["path"])
     await Response(f"ok {scope['path']}", background=background)(scope, receive, send)
+
+
+async def sleep_then_mark(name: str, seconds: float) -> None:
+    await anyio.sleep(seconds)
+    (DIR / f"{name}.done").write_text("done")
+
+
+async def raw_endpoint(scope: Scope, receive: Receive, send: Send) -> None:
+    """A hand-written ASGI app with no bgtasks Response: it only adds tasks."""
+    if scope["type"] == "lifespan":
+        return await lifespan(receive, send)
+    query = parse_qs(scope["query_string"].decode())
+    name = query.get("name", ["task"])[0]
+    tasks = get_background_tasks(scope)
+    if scope["path"] == "/wait":
+        tasks.add_task(wait_for_flag, name)
+    elif scope["path"] == "/fail":
+        tasks.add_task(fail_on_purpose, name)
+    elif scope["path"] == "/sleep":
+        tasks.add_task(sleep_then_mark, name, float(query["seconds"][0]))
+    body = f"ok {scope['path']}".encode()
+    headers = [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+attached = BackgroundTasksMiddleware(raw_endpoint)
+detached = BackgroundTasksMiddleware(raw_endpoint, detached=True)
+
+
+def _starlette_app() -> Any:
+    """Starlette's own background tasks, for the shutdown comparison."""
+    from starlette.applications import Starlette
+    from starlette.background import BackgroundTask as StarletteTask
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    async def sleep(request: Request) -> PlainTextResponse:
+        name, seconds = request.query_params["name"], float(request.query_params["seconds"])
+        task = StarletteTask(sleep_then_mark, name, seconds)
+        return PlainTextResponse("ok /sleep", background=task)
+
+    return Starlette(routes=[Route("/sleep", sleep)])
+
+
+starlette = _starlette_app()

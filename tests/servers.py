@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,8 +65,9 @@ class Server:
         return Connection(socket.create_connection(("127.0.0.1", self.port), timeout=IO_TIMEOUT))
 
     def terminate(self) -> None:
+        """SIGTERM to the server's main process only, as a container runtime sends it."""
         if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.send_signal(signal.SIGTERM)
 
     def wait_exit(self, timeout: float) -> int:
         return self.process.wait(timeout)
@@ -107,11 +108,11 @@ def serve(
         finally:
             if process.poll() is None:
                 running.terminate()
-                try:
+                with suppress(subprocess.TimeoutExpired):
                     process.wait(15)
-                except subprocess.TimeoutExpired:
-                    os.killpg(process.pid, signal.SIGKILL)
-                    process.wait(5)
+            with suppress(ProcessLookupError):  # what is left of the group: workers, stragglers
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(5)
 
 
 class Connection:
@@ -153,3 +154,21 @@ class Connection:
             self.buffer += chunk
         body, self.buffer = self.buffer[:length], self.buffer[length:]
         return int(status_line.split()[1]), headers, body
+
+
+def tasks_surviving_sigterm(
+    server: str, app: str, workdir: Path, count: int, seconds: float
+) -> int:
+    """Start ``count`` background tasks of ``seconds`` each, SIGTERM the server, count the done.
+
+    Each request is answered before its task ends; the server gets SIGTERM once every response
+    is in, and then as long as it takes to exit by itself (bounded).
+    """
+    with serve(server, app, workdir) as running:
+        for index in range(count):
+            with running.connect() as connection:
+                status, _, _ = connection.get(f"/sleep?name=t{index}&seconds={seconds}")
+                assert status == 200
+        running.terminate()
+        running.wait_exit(timeout=seconds + 60)
+    return sum((workdir / f"t{index}.done").exists() for index in range(count))

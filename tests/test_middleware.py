@@ -387,3 +387,43 @@ async def test_detached_without_lifespan_fails_the_request_loudly() -> None:
         await app(http_scope(), no_receive, send)
     assert send.messages == []
     assert log == []
+
+
+async def test_cancelled_request_gives_its_work_a_grace_period_then_propagates() -> None:
+    log: list[str] = []
+    release = anyio.Event()
+    app = BackgroundTasksMiddleware(waiting_endpoint(release, log), shutdown_timeout=10)
+    request = anyio.CancelScope()
+
+    async def serve_request() -> None:
+        with request:
+            await app(http_scope(), no_receive, Recorder())
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(serve_request)
+        await anyio.wait_all_tasks_blocked()
+        request.cancel()  # what hypercorn and daphne do at shutdown
+        await anyio.wait_all_tasks_blocked()
+        assert log == []
+        release.set()
+    assert log == ["task done"]
+    assert request.cancelled_caught  # the cancellation still reached the caller
+
+
+async def test_grace_period_ends_by_cancelling_and_naming_the_work(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    never = anyio.Event()
+
+    async def endpoint(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        get_background_tasks(scope).add_task(never.wait)
+        await Response(b"ok")(scope, receive, send)
+
+    app = BackgroundTasksMiddleware(endpoint, shutdown_timeout=0.05)
+    with anyio.fail_after(10), anyio.CancelScope() as request:
+        async with anyio.create_task_group() as group:
+            group.start_soon(app, http_scope(), no_receive, Recorder())
+            await anyio.wait_all_tasks_blocked()
+            request.cancel()
+    assert request.cancelled_caught
+    assert "cancelled: [anyio" in caplog.text

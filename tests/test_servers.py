@@ -1,36 +1,75 @@
-"""Real servers, real sockets: the response comes first, and failures keep the connection."""
+"""Real servers, real sockets: the response comes first, failures keep the connection, and a
+SIGTERM loses no background work.
+
+Each test starts its own server process on 127.0.0.1 and stops it when done (tests/servers.py).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-from servers import serve, wait_for
+from servers import serve, tasks_surviving_sigterm, wait_for
 
-CORE_SERVERS = ["uvicorn", "hypercorn-trio"]
+ALL_SERVERS = ["uvicorn", "hypercorn-asyncio", "hypercorn-trio", "granian", "daphne"]
+LIFESPAN_SERVERS = [server for server in ALL_SERVERS if server != "daphne"]
+
+# (server, app) pairs: the core Response, and the middleware in both of its modes. Daphne runs
+# no lifespan, so detached mode cannot run there; test_detached_mode_on_daphne_fails_loudly.
+CORE = [("uvicorn", "server_app:app"), ("hypercorn-trio", "server_app:app")]
+MIDDLEWARE = [(server, "server_app:attached") for server in ALL_SERVERS] + [
+    (server, "server_app:detached") for server in LIFESPAN_SERVERS
+]
+SERVED = CORE + MIDDLEWARE
+
+# Longer than hypercorn's 3 s graceful_timeout, so that a server's own cancellation would show.
+TASK_SECONDS = 4.0
+TASK_COUNT = 3
 
 
-@pytest.mark.parametrize("server", CORE_SERVERS)
-@pytest.mark.parametrize("route", ["/wait", "/wait-sync"])
+@pytest.mark.parametrize(("server", "app"), SERVED)
 def test_response_arrives_while_the_task_is_still_blocked(
-    server: str, route: str, tmp_path: Path
+    server: str, app: str, tmp_path: Path
 ) -> None:
-    with serve(server, "server_app:app", tmp_path) as running, running.connect() as connection:
+    with serve(server, app, tmp_path) as running, running.connect() as connection:
         # The task cannot finish before the test creates the flag, which it does only once the
         # whole response is in hand. A server that held the response would time this out.
-        status, _, body = connection.get(f"{route}?name=first")
-        assert (status, body) == (200, f"ok {route}".encode())
+        status, _, body = connection.get("/wait?name=first")
+        assert (status, body) == (200, b"ok /wait")
         assert not (tmp_path / "first.done").exists()
         (tmp_path / "first.go").touch()
         wait_for((tmp_path / "first.done").exists, "the task's side effect")
 
 
-@pytest.mark.parametrize("server", CORE_SERVERS)
-def test_failing_task_leaves_the_keep_alive_connection_usable(server: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("server", ["uvicorn", "hypercorn-trio"])
+def test_sync_task_also_runs_after_the_response(server: str, tmp_path: Path) -> None:
     with serve(server, "server_app:app", tmp_path) as running, running.connect() as connection:
+        assert connection.get("/wait-sync?name=sync")[2] == b"ok /wait-sync"
+        (tmp_path / "sync.go").touch()
+        wait_for((tmp_path / "sync.done").exists, "the sync task's side effect")
+
+
+@pytest.mark.parametrize(("server", "app"), SERVED)
+def test_failing_task_leaves_the_keep_alive_connection_usable(
+    server: str, app: str, tmp_path: Path
+) -> None:
+    with serve(server, app, tmp_path) as running, running.connect() as connection:
         assert connection.get("/fail?name=boom")[0] == 200
         # Wait until the failure has been handled: it is logged once the task has raised.
         wait_for(lambda: "server_app.fail_on_purpose failed" in running.log, "the error log")
         assert "task boom failed on purpose" in running.log
         status, _, body = connection.get("/ping")
         assert (status, body) == (200, b"ok /ping")
+
+
+@pytest.mark.parametrize(("server", "app"), MIDDLEWARE)
+def test_sigterm_loses_no_background_work(server: str, app: str, tmp_path: Path) -> None:
+    done = tasks_surviving_sigterm(server, app, tmp_path, TASK_COUNT, TASK_SECONDS)
+    assert done == TASK_COUNT, (tmp_path / f"{server}.log").read_text()
+
+
+def test_detached_mode_on_daphne_fails_loudly(tmp_path: Path) -> None:
+    with serve("daphne", "server_app:detached", tmp_path) as running, running.connect() as conn:
+        status, _, _ = conn.get("/wait?name=never")
+        assert status == 500
+        wait_for(lambda: "needs the ASGI lifespan protocol" in running.log, "the error log")
