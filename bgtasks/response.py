@@ -29,8 +29,67 @@ _FORBIDDEN_IN_VALUE = re.compile(rb"[\r\n\x00]")
 HeadersInput = Mapping[str, str] | Iterable[tuple[str, str]]
 
 
-def _bodiless(status_code: int) -> bool:
-    return status_code < 200 or status_code in (204, 304)
+def _coerce_content(content: object) -> bytes:
+    if content is None:
+        return b""
+    if type(content) is bytes:
+        return content
+    if isinstance(content, str):
+        return content.encode()
+    if isinstance(content, (bytes, bytearray, memoryview)):
+        return bytes(content)
+    raise TypeError(
+        f"content must be str, bytes or None, got {type(content).__name__}; "
+        f"serialize it first, e.g. json.dumps(data)"
+    )
+
+
+def _check_status(status_code: object, body: bytes) -> None:
+    if isinstance(status_code, bool) or not isinstance(status_code, int):
+        raise TypeError(f"status_code must be an int, got {status_code!r}")
+    if not 100 <= status_code <= 599:
+        raise ValueError(f"status_code must be between 100 and 599, got {status_code}")
+    if body and (status_code < 200 or status_code in (204, 304)):
+        raise ValueError(f"a {status_code} response cannot have a body; drop the content")
+
+
+# Small ints are singletons in CPython, so `status_code is _OK` is a cheap exact test for the
+# int 200; anything else (another status, 200.0, True) takes the checked path.
+_OK = 200
+
+
+def _build(
+    content: object, status_code: int, headers: HeadersInput | None, media_type: str | None
+) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    body = _coerce_content(content)
+    _check_status(status_code, body)
+    raw_headers = [] if headers is None else _header_pairs(headers)
+    names = {name for name, _ in raw_headers}
+    if b"content-length" in names:
+        raise ValueError("do not set content-length; Response sets it from the content")
+    if media_type is not None and b"content-type" not in names:
+        raw_headers.append(_content_type(media_type))
+    if status_code >= 200 and status_code != 204 and status_code != 304:
+        raw_headers.append((b"content-length", b"%d" % len(body)))
+    return body, raw_headers
+
+
+_content_types: dict[str, tuple[bytes, bytes]] = {}
+
+
+def _content_type(media_type: str) -> tuple[bytes, bytes]:
+    # Apps use a handful of media types; validate and encode each once.
+    header = _content_types.get(media_type)
+    if header is None:
+        if not isinstance(media_type, str):
+            raise TypeError(f"media_type must be a str such as 'text/plain', got {media_type!r}")
+        value = media_type
+        if value.startswith("text/") and "charset=" not in value.lower():
+            value += "; charset=utf-8"
+        [header] = _header_pairs([("content-type", value)])
+        if len(_content_types) < 256:
+            _content_types[media_type] = header
+    return header
 
 
 def _encode(text: str | bytes, what: str) -> bytes:
@@ -100,43 +159,21 @@ class Response:
         media_type: str | None = None,
         background: Callable[[], Awaitable[Any]] | None = None,
     ) -> None:
-        if isinstance(status_code, bool) or not isinstance(status_code, int):
-            raise TypeError(f"status_code must be an int, got {status_code!r}")
-        if not 100 <= status_code <= 599:
-            raise ValueError(f"status_code must be between 100 and 599, got {status_code}")
-        if content is None:
-            body = b""
-        elif isinstance(content, str):
-            body = content.encode("utf-8")
-        elif isinstance(content, (bytes, bytearray, memoryview)):
-            body = bytes(content)
+        if type(content) is bytes and status_code is _OK and headers is None and media_type is None:
+            # The common case, kept fast: it needs no checks beyond those above.
+            body = content
+            raw_headers = [(b"content-length", b"%d" % len(content))]
         else:
-            raise TypeError(
-                f"content must be str, bytes or None, got {type(content).__name__}; "
-                f"serialize it first, e.g. json.dumps(data)"
-            )
-        if body and _bodiless(status_code):
-            raise ValueError(f"a {status_code} response cannot have a body; drop the content")
+            body, raw_headers = _build(content, status_code, headers, media_type)
         if background is not None and not (
-            isinstance(background, (BackgroundTask, BackgroundTasks))
+            type(background) is BackgroundTasks
+            or type(background) is BackgroundTask
             or _is_async_callable(background)
         ):
             raise TypeError(
                 f"background must be an async callable with no arguments, such as "
                 f"BackgroundTask(func, *args) or BackgroundTasks(); got {background!r}"
             )
-
-        raw_headers = _header_pairs(headers)
-        names = {name for name, _ in raw_headers}
-        if media_type is not None and b"content-type" not in names:
-            if media_type.startswith("text/") and "charset=" not in media_type.lower():
-                media_type += "; charset=utf-8"
-            raw_headers += _header_pairs([("content-type", media_type)])
-        if b"content-length" in names:
-            raise ValueError("do not set content-length; Response sets it from the content")
-        if not _bodiless(status_code):
-            raw_headers.append((b"content-length", str(len(body)).encode()))
-
         self.status_code = status_code
         self.body = body
         self.raw_headers = raw_headers
@@ -148,7 +185,7 @@ class Response:
                 f"Response only answers 'http' scopes, got {scope['type']!r}; route "
                 f"{scope['type']!r} scopes to an app that handles them"
             )
-        body = b"" if scope.get("method") == "HEAD" else self.body
+        body = self.body if scope["method"] != "HEAD" else b""
         try:
             await send(
                 {

@@ -26,7 +26,7 @@ import logging
 import sys
 import types
 from collections.abc import Awaitable, Callable, Generator, Iterable, Iterator, Sequence
-from typing import Any, ParamSpec
+from typing import Any, NoReturn, ParamSpec
 
 import anyio
 
@@ -50,7 +50,21 @@ def _unwrap(func: object) -> object:
     return func
 
 
+def _unwrap_method(func: object) -> object:
+    return getattr(func, "__func__", func)
+
+
 def _is_async_callable(func: object) -> bool:
+    kind = type(func)
+    if kind is types.FunctionType or kind is types.MethodType:  # the common case, fast
+        code = func.__code__  # type: ignore[attr-defined]
+        if code.co_flags & inspect.CO_COROUTINE:
+            return True
+        # Python 3.12's inspect.markcoroutinefunction marks sync functions that return
+        # coroutines; only then is the slow check needed.
+        return hasattr(
+            _unwrap_method(func), "_is_coroutine_marker"
+        ) and inspect.iscoroutinefunction(func)
     func = _unwrap(func)
     if inspect.iscoroutinefunction(func):
         return True
@@ -71,9 +85,7 @@ def _name_of(func: object) -> str:
     return f"{module}.{qualname}" if module else qualname
 
 
-def check_callable(func: object, where: str) -> None:
-    if callable(func):
-        return
+def reject_non_callable(func: object, where: str) -> NoReturn:
     if inspect.iscoroutine(func):
         func.close()  # it can never be awaited now; closing avoids a second, vaguer warning
         raise TypeError(
@@ -93,7 +105,7 @@ def _in_context(
     # Drive `awaitable` one step at a time, each step inside `context`. What it yields goes to
     # the event loop unchanged, and what the loop sends or throws back goes in unchanged, so
     # this works on asyncio and trio alike and costs no new task.
-    iterator: Any = awaitable if inspect.iscoroutine(awaitable) else awaitable.__await__()
+    iterator: Any = awaitable if type(awaitable) is types.CoroutineType else awaitable.__await__()
     value: Any = None
     error: BaseException | None = None
     while True:
@@ -129,16 +141,24 @@ class BackgroundTask:
     A non-callable raises TypeError here, not later.
     """
 
-    __slots__ = ("func", "args", "kwargs", "name", "is_async", "context")
+    __slots__ = ("func", "args", "kwargs", "is_async", "context", "_name")
 
     def __init__(self, func: Callable[P, Any], /, *args: P.args, **kwargs: P.kwargs) -> None:
-        check_callable(func, type(self).__name__)
+        if not callable(func):
+            reject_non_callable(func, type(self).__name__)
         self.func = func
         self.args = args
         self.kwargs = kwargs
-        self.name = _name_of(func)
         self.is_async = _is_async_callable(func)
         self.context = contextvars.copy_context()
+        self._name: str | None = None
+
+    @property
+    def name(self) -> str:
+        """``module.qualname`` of the callable (of the innermost function of a partial)."""
+        if self._name is None:
+            self._name = _name_of(self.func)
+        return self._name
 
     def __repr__(self) -> str:
         return f"<BackgroundTask {self.name}>"
@@ -206,7 +226,8 @@ class BackgroundTasks:
         Safe to call from a running task, and from a sync endpoint in a worker thread. The
         contextvars are captured here.
         """
-        check_callable(func, "add_task")
+        if not callable(func):
+            reject_non_callable(func, "add_task")
         task = BackgroundTask(func, *args, **kwargs)
         self._tasks.append(task)
         return task
@@ -326,6 +347,8 @@ def log_dropped(background: Callable[[], Awaitable[Any]], reason: str) -> None:
 
 async def run_background(background: Callable[[], Awaitable[Any]]) -> None:
     """Run a response's background and log, never raise, what failed in it."""
+    if type(background) is BackgroundTasks and not background._tasks:
+        return
     if isinstance(background, (BackgroundTask, BackgroundTasks)):
         failures = await background._run_logged()
     else:
