@@ -7,7 +7,7 @@ Theory of operation:
   Every other callable is *sync*: it runs in a worker thread (see ``_threads``). A sync callable
   that returns an awaitable (``lambda: notify(x)``) has that awaitable awaited on the loop.
 * A task snapshots the contextvars when it is created, like ``loop.call_soon``. Async tasks run
-  in that snapshot without a new task: ``_in_context`` steps the coroutine inside
+  in that snapshot without a new task: ``_run_in_order`` steps each coroutine inside
   ``Context.run``, which is what asyncio does for every Task step, for the price of a call.
 * ``BackgroundTasks`` walks its list by index, so tasks added while it runs (even by a running
   task) run too, in the order they were added. Consecutive sync tasks share one thread hop.
@@ -41,7 +41,8 @@ P = ParamSpec("P")
 
 logger = logging.getLogger("bgtasks")
 
-Failure = tuple[str, Exception]
+Failure = tuple["BackgroundTask", Exception]
+_Coroutine = types.CoroutineType
 
 
 def _unwrap(func: object) -> object:
@@ -99,31 +100,72 @@ def reject_non_callable(func: object, where: str) -> NoReturn:
 
 
 @types.coroutine
-def _in_context(
-    context: contextvars.Context, awaitable: Awaitable[Any]
-) -> Generator[Any, Any, Any]:
-    # Drive `awaitable` one step at a time, each step inside `context`. What it yields goes to
-    # the event loop unchanged, and what the loop sends or throws back goes in unchanged, so
-    # this works on asyncio and trio alike and costs no new task.
-    iterator: Any = awaitable if type(awaitable) is types.CoroutineType else awaitable.__await__()
-    value: Any = None
-    error: BaseException | None = None
-    while True:
-        try:
-            if error is None:
-                yielded = context.run(iterator.send, value)
+def _run_in_order(
+    tasks: list[BackgroundTask], failures: list[Failure], log_unfinished: bool = True
+) -> Generator[Any, Any, None]:
+    # The one place tasks run. A generator-based coroutine, so that it can step each task's
+    # coroutine inside the task's own context: what a step yields goes to the event loop
+    # unchanged, and what the loop sends or throws back goes in unchanged, so this works on
+    # asyncio and trio alike and costs no new task. The list is walked by index, so tasks
+    # appended while it runs are run too.
+    index = 0  # tasks[:index] have been started
+    batch: SyncBatch | None = None
+    try:
+        while index < len(tasks):
+            task = tasks[index]
+            context = task.context
+            if task.is_async:
+                index += 1
+                try:
+                    # Calling an async callable only creates its coroutine: no user code runs
+                    # yet, so this needs no context. Its steps run in the context, below.
+                    awaitable = task.func(*task.args, **task.kwargs)
+                except Exception as exc:
+                    failures.append((task, exc))
+                    continue
             else:
-                yielded = context.run(iterator.throw, error)
-        except StopIteration as stop:
-            return stop.value
-        try:
-            value = yield yielded
-            error = None
-        except GeneratorExit:
-            context.run(iterator.close)
-            raise
-        except BaseException as exc:
-            error = exc
+                end = index + 1
+                while end < len(tasks) and not tasks[end].is_async:
+                    end += 1
+                batch = SyncBatch(tasks[index:end])
+                yield from batch().__await__()
+                failures.extend(batch.errors)
+                index += batch.started
+                awaitable = batch.awaitable  # returned by tasks[index - 1], the batch's last
+                batch = None
+                if awaitable is None:
+                    continue
+                task = tasks[index - 1]
+                context = task.context
+            iterator: Any = awaitable if type(awaitable) is _Coroutine else awaitable.__await__()
+            value: Any = None
+            error: BaseException | None = None
+            while True:
+                try:
+                    if error is None:
+                        yielded = context.run(iterator.send, value)
+                    else:
+                        yielded = context.run(iterator.throw, error)
+                except StopIteration:
+                    break
+                except Exception as exc:
+                    failures.append((task, exc))
+                    break
+                try:
+                    value = yield yielded
+                    error = None
+                except GeneratorExit:
+                    context.run(iterator.close)
+                    raise
+                except BaseException as exc:
+                    value, error = None, exc
+    except BaseException:
+        if log_unfinished:
+            # A sync batch may have finished all but its last started task in the thread.
+            started = index + batch.started if batch else index
+            running = tasks[max(started - 1, 0) : started]
+            _log_unfinished(running, tasks[started:])
+        raise
 
 
 class BackgroundTask:
@@ -135,13 +177,20 @@ class BackgroundTask:
       that is awaited on the loop.
     * Context: the task runs in a copy of the contextvars taken here, at creation, even when
       it is created in a worker thread.
-    * ``await task()`` runs it once and raises whatever it raised. Cancellation propagates; a
-      sync call already running in its thread cannot be interrupted and finishes there.
+    * ``await task()`` runs it once and raises whatever it raised. Cancellation propagates,
+      with a warning naming the task; a sync call already running in its thread cannot be
+      interrupted and finishes there.
 
     A non-callable raises TypeError here, not later.
     """
 
     __slots__ = ("func", "args", "kwargs", "is_async", "context", "_name")
+    func: Callable[..., Any]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    is_async: bool
+    context: contextvars.Context
+    _name: str | None
 
     def __init__(self, func: Callable[P, Any], /, *args: P.args, **kwargs: P.kwargs) -> None:
         if not callable(func):
@@ -151,7 +200,7 @@ class BackgroundTask:
         self.kwargs = kwargs
         self.is_async = _is_async_callable(func)
         self.context = contextvars.copy_context()
-        self._name: str | None = None
+        self._name = None
 
     @property
     def name(self) -> str:
@@ -164,28 +213,14 @@ class BackgroundTask:
         return f"<BackgroundTask {self.name}>"
 
     async def __call__(self) -> None:
-        if self.is_async:
-            await self._run_on_loop()
-            return
-        batch = SyncBatch((self,))
-        await batch()
-        if batch.errors:
-            raise batch.errors[0][1]
-        if batch.awaitable is not None:
-            await _in_context(self.context, batch.awaitable)
+        failures = await self._run_logged()
+        if failures:
+            raise failures[0][1]
 
-    def _run_on_loop(self) -> Awaitable[Any]:
-        return _in_context(self.context, self.context.run(self.func, *self.args, **self.kwargs))
-
-    async def _run_logged(self) -> list[Failure]:
-        try:
-            await self()
-        except Exception as exc:
-            return [(self.name, exc)]
-        except BaseException:
-            logger.warning("background task cancelled before it finished: %s", self.name)
-            raise
-        return []
+    async def _run_logged(self, log_unfinished: bool = True) -> list[Failure]:
+        failures: list[Failure] = []
+        await _run_in_order([self], failures, log_unfinished)
+        return failures
 
 
 class BackgroundTasks:
@@ -194,8 +229,7 @@ class BackgroundTasks:
     * Order: with ``concurrency=1`` (the default) tasks run one after another, in the order they
       were added, including tasks added while the list is running. Consecutive sync tasks share
       one thread hop.
-    * ``concurrency=N`` runs up to N tasks at once, started in order; each sync task then gets
-      its own thread.
+    * ``concurrency=N`` runs up to N tasks at once, started in order.
     * Failure: a failing task never stops the others. After all have run, the call raises the
       task's own exception if one failed, or a flat ExceptionGroup of them if several did.
     * Cancellation propagates at once. One warning on the ``bgtasks`` logger names each task
@@ -205,12 +239,14 @@ class BackgroundTasks:
     __slots__ = ("_tasks", "concurrency")
 
     def __init__(self, tasks: Iterable[BackgroundTask] = (), *, concurrency: int = 1) -> None:
-        if isinstance(concurrency, bool) or not isinstance(concurrency, int):
+        if type(concurrency) is not int:
             raise TypeError(f"concurrency must be an int, got {concurrency!r}")
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, got {concurrency}")
         self.concurrency = concurrency
-        self._tasks: list[BackgroundTask] = list(tasks)
+        self._tasks: list[BackgroundTask] = []
+        if tasks:
+            self._tasks.extend(tasks)
         for task in self._tasks:
             if not isinstance(task, BackgroundTask):
                 raise TypeError(
@@ -228,7 +264,14 @@ class BackgroundTasks:
         """
         if not callable(func):
             reject_non_callable(func, "add_task")
-        task = BackgroundTask(func, *args, **kwargs)
+        # BackgroundTask(func, *args, **kwargs), inlined: add_task is on every request's path.
+        task = object.__new__(BackgroundTask)
+        task.func = func
+        task.args = args
+        task.kwargs = kwargs
+        task.is_async = _is_async_callable(func)
+        task.context = contextvars.copy_context()
+        task._name = None
         self._tasks.append(task)
         return task
 
@@ -252,50 +295,16 @@ class BackgroundTasks:
 
     async def _run_logged(self) -> list[Failure]:
         # Runs every task and returns the failures; the caller raises or logs them.
-        if self.concurrency == 1:
-            return await self._run_in_order()
-        return await self._run_concurrently()
-
-    async def _run_in_order(self) -> list[Failure]:
-        tasks = self._tasks
         failures: list[Failure] = []
-        index = 0  # tasks[:index] are finished
-        batch: SyncBatch | None = None
-        try:
-            while index < len(tasks):
-                task = tasks[index]
-                if task.is_async:
-                    try:
-                        await task._run_on_loop()
-                    except Exception as exc:
-                        failures.append((task.name, exc))
-                    index += 1
-                    continue
-                end = index + 1
-                while end < len(tasks) and not tasks[end].is_async:
-                    end += 1
-                batch = SyncBatch(tasks[index:end])
-                await batch()
-                failures.extend((failed.name, exc) for failed, exc in batch.errors)
-                if batch.awaitable is not None:
-                    task = tasks[index + batch.started - 1]
-                    try:
-                        await _in_context(task.context, batch.awaitable)
-                    except Exception as exc:
-                        failures.append((task.name, exc))
-                index += batch.started
-                batch = None
-        except BaseException:
-            # Only the last task a batch started can still be running; the ones before it
-            # finished in the thread.
-            started = index + (batch.started if batch else 1)
-            _log_unfinished(tasks[max(index, started - 1) : started], tasks[started:])
-            raise
+        if self.concurrency == 1:
+            await _run_in_order(self._tasks, failures)
+        else:
+            await self._run_concurrently(failures)
         return failures
 
-    async def _run_concurrently(self) -> list[Failure]:
+    async def _run_concurrently(self, failures: list[Failure]) -> None:
         tasks = self._tasks
-        failures: list[tuple[int, Failure]] = []
+        indexed: list[tuple[int, Failure]] = []
         running: dict[int, BackgroundTask] = {}
         next_index = 0
 
@@ -305,10 +314,7 @@ class BackgroundTasks:
                 index = next_index
                 next_index += 1
                 task = running[index] = tasks[index]
-                try:
-                    await task()
-                except Exception as exc:
-                    failures.append((index, (task.name, exc)))
+                indexed.extend((index, failure) for failure in await task._run_logged(False))
                 del running[index]
 
         try:
@@ -318,8 +324,8 @@ class BackgroundTasks:
         except BaseException:
             _log_unfinished(list(running.values()), tasks[next_index:])
             raise
-        failures.sort(key=lambda item: item[0])
-        return [failure for _, failure in failures]
+        indexed.sort(key=lambda item: item[0])
+        failures.extend(failure for _, failure in indexed)
 
 
 def _log_unfinished(
@@ -345,21 +351,30 @@ def log_dropped(background: Callable[[], Awaitable[Any]], reason: str) -> None:
     logger.warning("%s; never started: [%s]", reason, ", ".join(task_names(background)))
 
 
+def log_failures(failures: list[Failure]) -> None:
+    for task, error in failures:
+        logger.error("background task %s failed", task.name, exc_info=error)
+
+
 async def run_background(background: Callable[[], Awaitable[Any]]) -> None:
     """Run a response's background and log, never raise, what failed in it."""
-    if type(background) is BackgroundTasks and not background._tasks:
+    kind = type(background)
+    if kind is BackgroundTasks or kind is BackgroundTask:
+        if kind is BackgroundTasks and background.concurrency == 1:  # type: ignore[attr-defined]
+            tasks: list[BackgroundTask] = background._tasks  # type: ignore[attr-defined]
+            if not tasks:
+                return
+            failures: list[Failure] = []
+            await _run_in_order(tasks, failures)
+        else:
+            failures = await background._run_logged()  # type: ignore[attr-defined]
+        log_failures(failures)
         return
-    if isinstance(background, (BackgroundTask, BackgroundTasks)):
-        failures = await background._run_logged()
-    else:
-        [name] = task_names(background)
-        try:
-            await background()
-            failures = []
-        except Exception as exc:
-            failures = [(name, exc)]
-        except BaseException:
-            logger.warning("background %s was cancelled before it finished", name)
-            raise
-    for name, error in failures:
-        logger.error("background task %s failed", name, exc_info=error)
+    [name] = task_names(background)
+    try:
+        await background()
+    except Exception as exc:
+        logger.error("background task %s failed", name, exc_info=exc)
+    except BaseException:
+        logger.warning("background %s was cancelled before it finished", name)
+        raise

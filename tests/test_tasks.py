@@ -15,6 +15,7 @@ import pytest
 
 import bgtasks
 from bgtasks import BackgroundTask, BackgroundTasks
+from bgtasks._threads import SyncBatch
 
 if sys.version_info < (3, 11):
     from exceptiongroup import ExceptionGroup
@@ -287,14 +288,14 @@ async def test_thread_budget_is_per_event_loop_and_has_the_documented_default() 
 
 
 async def test_consecutive_sync_tasks_share_one_thread_hop(monkeypatch: pytest.MonkeyPatch) -> None:
-    hops: list[Any] = []
-    real_run_sync = anyio.to_thread.run_sync
+    hops: list[int] = []  # the tasks of each batch handed to a worker thread in one go
+    real_run = SyncBatch.run
 
-    async def counting_run_sync(func: Any, *args: Any, **kwargs: Any) -> Any:
-        hops.append(func)
-        return await real_run_sync(func, *args, **kwargs)
+    def counting_run(batch: SyncBatch) -> None:
+        hops.append(len(batch.tasks))
+        real_run(batch)
 
-    monkeypatch.setattr(anyio.to_thread, "run_sync", counting_run_sync)
+    monkeypatch.setattr(SyncBatch, "run", counting_run)
     threads: list[int] = []
     tasks = BackgroundTasks()
     for _ in range(5):
@@ -304,7 +305,7 @@ async def test_consecutive_sync_tasks_share_one_thread_hop(monkeypatch: pytest.M
         tasks.add_task(record_thread, threads)
     await tasks()
     assert len(threads) == 9
-    assert len(hops) == 2
+    assert hops == [5, 3]
     assert len(set(threads[:5])) == 1
 
 
@@ -320,6 +321,57 @@ def test_one_process_can_run_asyncio_then_trio() -> None:
     assert anyio.run(main, backend="asyncio") == (2, 8)
     assert anyio.run(main, backend="trio") == (2, 8)
     assert anyio.run(main, backend="asyncio") == (2, 8)
+
+
+async def test_slow_sync_task_does_not_block_other_requests_sync_tasks() -> None:
+    # One request's task blocks until another request's task has run. With a single worker
+    # and no stall handling this would never finish.
+    release = threading.Event()
+    blocked = BackgroundTasks()
+    blocked.add_task(release.wait, 10)
+    freeing = BackgroundTasks()
+    freeing.add_task(release.set)
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as group:
+            group.start_soon(blocked)
+            await anyio.sleep(0.01)
+            group.start_soon(freeing)
+    assert release.is_set()
+
+
+async def test_many_requests_stay_within_the_thread_budget() -> None:
+    threads: list[int] = []
+    requests = [BackgroundTasks() for _ in range(200)]
+    for tasks in requests:
+        tasks.add_task(record_thread, threads)
+    async with anyio.create_task_group() as group:
+        for tasks in requests:
+            group.start_soon(tasks)
+    assert len(threads) == 200
+    assert len(set(threads)) <= bgtasks.current_thread_limiter().total_tokens
+
+
+def test_no_worker_is_left_running_after_the_loop_ends() -> None:
+    def in_worker_loop(ident: int) -> bool:
+        frame = sys._current_frames().get(ident)
+        while frame is not None:
+            if frame.f_code.co_name == "_work" and frame.f_code.co_filename.endswith("_threads.py"):
+                return True
+            frame = frame.f_back
+        return False
+
+    async def main() -> int:
+        threads: list[int] = []
+        tasks = BackgroundTasks()
+        tasks.add_task(record_thread, threads)
+        await tasks()
+        await anyio.sleep(0.01)
+        assert in_worker_loop(threads[0])  # the worker lingers for more work while the loop runs
+        return threads[0]
+
+    for backend in ("asyncio", "trio"):
+        worker = anyio.run(main, backend=backend)
+        assert not in_worker_loop(worker)
 
 
 # 5. Context
