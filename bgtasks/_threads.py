@@ -32,6 +32,7 @@ Rules:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import threading
 import time
@@ -40,7 +41,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import anyio.to_thread
 from anyio.lowlevel import RunVar
 
 if TYPE_CHECKING:
@@ -48,10 +48,9 @@ if TYPE_CHECKING:
 
 DEFAULT_THREAD_LIMIT = 8
 _STALL = 0.05  # seconds a batch may run before queued work gets another worker
-_LINGER = 0.25  # seconds an idle worker waits for more work before giving its thread back
+_LINGER = 10.0  # seconds an idle worker waits for more work before its thread ends
 
 _limiter: RunVar[anyio.CapacityLimiter] = RunVar("bgtasks_thread_limiter")
-_runner: RunVar[_Runner] = RunVar("bgtasks_runner")
 
 
 def current_thread_limiter() -> anyio.CapacityLimiter:
@@ -86,7 +85,7 @@ class SyncBatch:
         self.stopped = False
         self.errors: list[tuple[BackgroundTask, Exception]] = []
         self.awaitable: Awaitable[Any] | None = None
-        self.done: anyio.Event | None = None
+        self.done: asyncio.Future[None] | anyio.Event | None = None
 
     def run(self) -> None:
         # In a worker thread.
@@ -104,80 +103,117 @@ class SyncBatch:
                 return
 
     async def __call__(self) -> None:
-        try:
-            runner = _runner.get()
-        except LookupError:
-            runner = _Runner()
-            _runner.set(runner)
-        self.done = done = anyio.Event()
+        runner = _current_runner()
+        loop = runner.loop
+        if loop is not None:  # asyncio: a bare future is the cheapest way to wait
+            future: asyncio.Future[None] = loop.create_future()
+            self.done = future
+            runner.submit(self)
+            try:
+                await future
+            except BaseException:
+                self.stopped = True
+                raise
+            return
+        event = self.done = anyio.Event()
         runner.submit(self)
         try:
-            await done.wait()
+            await event.wait()
         except BaseException:
             self.stopped = True
             raise
 
+    def finish(self) -> None:
+        # On the loop thread, once the batch has run.
+        done = self.done
+        if isinstance(done, asyncio.Future):
+            if not done.done():  # a cancelled waiter has gone
+                done.set_result(None)
+        elif done is not None:
+            done.set()
 
-def _call_soon_threadsafe() -> Callable[[Callable[[], None]], object]:
-    try:
-        return asyncio.get_running_loop().call_soon_threadsafe
-    except RuntimeError:  # not asyncio: anyio's other backend is trio
+
+_runners: dict[object, _Runner] = {}
+
+
+def _current_runner() -> _Runner:
+    key: object = asyncio._get_running_loop()
+    if key is None:  # anyio's other backend is trio
         import trio
 
-        return trio.lowlevel.current_trio_token().run_sync_soon
-
-
-def _spawn_system_task(func: Callable[[], Awaitable[None]]) -> object:
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        import trio
-
-        trio.lowlevel.spawn_system_task(func)
-        return None
-    return loop.create_task(func())  # type: ignore[arg-type]
+        key = trio.lowlevel.current_trio_token()
+    runner = _runners.get(key)
+    if runner is None:
+        runner = _runners[key] = _Runner(key)
+    return runner
 
 
 class _Runner:
-    def __init__(self) -> None:
+    def __init__(self, key: object) -> None:
+        self.key = key
+        self.loop = key if isinstance(key, asyncio.AbstractEventLoop) else None
         self.lock = threading.Lock()
-        self.work_ready = threading.Condition(self.lock)
         self.pending: deque[SyncBatch] = deque()
         self.finished: list[SyncBatch] = []
-        self.delivery_scheduled = False
-        self.workers = 0  # worker hops alive, counted on the loop
-        self.parked = 0  # workers waiting for work
+        self.flush_scheduled = False  # on the loop: a _flush is queued for this iteration
+        self.delivery_scheduled = False  # in the workers: a _deliver is queued on the loop
+        self.workers = 0  # worker threads alive, counted on the loop
+        self.idle: list[threading.Lock] = []  # the bells of parked workers
         self.busy: dict[int, float] = {}  # worker thread -> when its current batch started
         self.closing = False
         self.kick = anyio.Event()
-        self.call_soon_threadsafe = _call_soon_threadsafe()
-        self.dispatcher = _spawn_system_task(self._dispatch)  # keep a reference to the task
+        if self.loop is not None:
+            self.call_soon: Callable[[Callable[[], None]], object] = self.loop.call_soon
+            self.call_soon_threadsafe: Callable[[Callable[[], None]], object] = (
+                self.loop.call_soon_threadsafe
+            )
+            self.dispatcher: object = self.loop.create_task(self._dispatch())
+        else:
+            import trio
+
+            self.call_soon = self.call_soon_threadsafe = key.run_sync_soon  # type: ignore[attr-defined]
+            self.dispatcher = trio.lowlevel.spawn_system_task(self._dispatch)
 
     def submit(self, batch: SyncBatch) -> None:
-        # On the loop thread.
+        # On the loop thread. Workers are woken once per loop iteration, not per batch: by the
+        # time _flush runs, every request handled in this iteration has queued its work.
+        self.pending.append(batch)
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            self.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self.flush_scheduled = False
         with self.lock:
-            self.pending.append(batch)
-            if self.parked:
-                self.work_ready.notify()
+            if not self.pending:
                 return
-        self.kick.set()
+            bell = self.idle.pop() if self.idle else None
+        if bell is not None:
+            bell.release()
+        else:
+            self.kick.set()  # no parked worker: the dispatcher starts one, or watches for stalls
 
     async def _dispatch(self) -> None:
         limiter = current_thread_limiter()
-        async with anyio.create_task_group() as group:
-            try:
-                while True:
-                    await self.kick.wait()
-                    self.kick = anyio.Event()
-                    while self.pending:  # re-check while work waits: a worker may stall later
-                        if self._needs_worker(limiter):
-                            self.workers += 1
-                            group.start_soon(self._worker, limiter)
-                        await anyio.sleep(_STALL)
-            finally:  # the loop is ending: release the workers, then wait for them to return
-                with self.lock:
-                    self.closing = True
-                    self.work_ready.notify_all()
+        try:
+            async with anyio.create_task_group() as group:
+                try:
+                    while True:
+                        await self.kick.wait()
+                        self.kick = anyio.Event()
+                        while self.pending:  # re-check while work waits: a worker may stall
+                            if self._needs_worker(limiter):
+                                self.workers += 1
+                                group.start_soon(self._worker, limiter)
+                            await anyio.sleep(_STALL)
+                finally:  # the loop is ending: release the workers, then wait for them
+                    with self.lock:
+                        self.closing = True
+                        bells, self.idle = self.idle, []
+                    for bell in bells:
+                        bell.release()
+        finally:
+            _runners.pop(self.key, None)
 
     def _needs_worker(self, limiter: anyio.CapacityLimiter) -> bool:
         with self.lock:
@@ -187,34 +223,56 @@ class _Runner:
                 return True
             stalled = time.monotonic() - _STALL
             return (
-                self.parked == 0
+                not self.idle
                 and self.workers < limiter.total_tokens
                 and all(started < stalled for started in self.busy.values())
             )
 
     async def _worker(self, limiter: anyio.CapacityLimiter) -> None:
+        # Holds one token of the thread budget for as long as its thread lives.
+        exited = anyio.Event()
         try:
-            await anyio.to_thread.run_sync(self._work, limiter=limiter)
+            async with limiter:
+                thread = threading.Thread(
+                    target=self._work, args=(exited,), name="bgtasks-worker", daemon=True
+                )
+                thread.start()
+                with anyio.CancelScope(shield=True):  # the thread must end before the loop
+                    await exited.wait()
+                thread.join()  # it has signalled its last act: this returns at once
         finally:
             self.workers -= 1
             if self.pending and not self.closing:
                 self.kick.set()  # work arrived while this worker was leaving
 
-    def _work(self) -> None:
+    def _work(self, exited: anyio.Event) -> None:
         # In a worker thread: drain the queue, hand finished batches back in bursts.
+        try:
+            self._drain()
+        finally:
+            self._call_on_loop(exited.set)
+
+    def _drain(self) -> None:
         me = threading.get_ident()
+        bell = threading.Lock()  # held; the loop releases it to wake this worker
+        bell.acquire()
         while True:
             with self.lock:
-                while not self.pending and not self.closing:
-                    self.parked += 1
-                    woken = self.work_ready.wait(_LINGER)
-                    self.parked -= 1
-                    if not woken and not self.pending:
-                        return
                 if self.closing:
                     return
-                batch = self.pending.popleft()
-                self.busy[me] = time.monotonic()
+                batch = self.pending.popleft() if self.pending else None
+                if batch is None:
+                    self.idle.append(bell)
+                else:
+                    self.busy[me] = time.monotonic()
+            if batch is None:
+                if not bell.acquire(timeout=_LINGER):
+                    with self.lock:
+                        if bell in self.idle:  # nobody rang in time: give the thread back
+                            self.idle.remove(bell)
+                            return
+                    bell.acquire()  # rung just as the wait timed out
+                continue
             batch.run()
             with self.lock:
                 del self.busy[me]
@@ -222,10 +280,11 @@ class _Runner:
                 schedule = not self.delivery_scheduled
                 self.delivery_scheduled = True
             if schedule:
-                try:
-                    self.call_soon_threadsafe(self._deliver)
-                except RuntimeError:  # the loop has closed: nobody is waiting any more
-                    return
+                self._call_on_loop(self._deliver)
+
+    def _call_on_loop(self, func: Callable[[], None]) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits any more
+            self.call_soon_threadsafe(func)
 
     def _deliver(self) -> None:
         # On the loop thread.
@@ -233,5 +292,4 @@ class _Runner:
             finished, self.finished = self.finished, []
             self.delivery_scheduled = False
         for batch in finished:
-            assert batch.done is not None
-            batch.done.set()
+            batch.finish()

@@ -1,0 +1,95 @@
+"""The ASGI apps that benchmarks/e2e.py serves with uvicorn, one per (implementation, variant).
+
+``write_log`` is the seed example: open a file, append a line, close it. ``BGTASKS_BENCH_LOG``
+names the file, so the harness can count that every task ran.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import starlette.background
+import starlette.responses
+
+import bgtasks
+
+LOG_PATH = os.environ.get("BGTASKS_BENCH_LOG", os.devnull)
+BODY = b"Hello, world!"
+START = {
+    "type": "http.response.start",
+    "status": 200,
+    "headers": [(b"content-length", b"13")],
+}
+BODY_MESSAGE = {"type": "http.response.body", "body": BODY}
+
+
+def write_log(message: str) -> None:
+    with open(LOG_PATH, "a") as file:
+        file.write(message + "\n")
+
+
+def sync_noop() -> None:
+    return None
+
+
+async def async_noop() -> None:
+    return None
+
+
+async def _lifespan(receive: Any, send: Any) -> None:
+    while True:
+        message = await receive()
+        await send({"type": message["type"] + ".complete"})
+        if message["type"] == "lifespan.shutdown":
+            return
+
+
+# The raw floor: a hand-written ASGI app.
+
+
+async def raw(scope: Any, receive: Any, send: Any) -> None:
+    if scope["type"] == "lifespan":
+        return await _lifespan(receive, send)
+    await send(START)
+    await send(BODY_MESSAGE)
+
+
+async def raw_inline_write_log(scope: Any, receive: Any, send: Any) -> None:
+    """The one-core floor: the task's own work, on the loop, right after the response."""
+    if scope["type"] == "lifespan":
+        return await _lifespan(receive, send)
+    await send(START)
+    await send(BODY_MESSAGE)
+    write_log(scope["path"])
+
+
+def _app(response: Any, tasks: Any, func: Any = None, with_path: bool = False) -> Any:
+    """An endpoint that adds ``func`` (with the path, if asked) and replies with ``response``."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            return await _lifespan(receive, send)
+        background = None
+        if func is not None:
+            background = tasks()
+            if with_path:
+                background.add_task(func, scope["path"])
+            else:
+                background.add_task(func)
+        await response(BODY, background=background)(scope, receive, send)
+
+    return app
+
+
+_S = (starlette.responses.Response, starlette.background.BackgroundTasks)
+_B = (bgtasks.Response, bgtasks.BackgroundTasks)
+
+starlette_none = _app(*_S)
+starlette_async = _app(*_S, async_noop)
+starlette_write_log = _app(*_S, write_log, with_path=True)
+starlette_sync_noop = _app(*_S, sync_noop)
+bgtasks_none = _app(*_B)
+bgtasks_async = _app(*_B, async_noop)
+bgtasks_write_log = _app(*_B, write_log, with_path=True)
+bgtasks_sync_noop = _app(*_B, sync_noop)
