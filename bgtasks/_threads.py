@@ -102,26 +102,21 @@ class SyncBatch:
                 self.awaitable = result
                 return
 
-    async def __call__(self) -> None:
+    def start(self) -> Awaitable[Any]:
+        """Queue the batch for a worker; return what to await until it has run.
+
+        A waiter that leaves early (cancelled) must set ``stopped``.
+        """
         runner = _current_runner()
         loop = runner.loop
         if loop is not None:  # asyncio: a bare future is the cheapest way to wait
             future: asyncio.Future[None] = loop.create_future()
             self.done = future
             runner.submit(self)
-            try:
-                await future
-            except BaseException:
-                self.stopped = True
-                raise
-            return
+            return future
         event = self.done = anyio.Event()
         runner.submit(self)
-        try:
-            await event.wait()
-        except BaseException:
-            self.stopped = True
-            raise
+        return event.wait()
 
     def finish(self) -> None:
         # On the loop thread, once the batch has run.
@@ -237,9 +232,14 @@ class _Runner:
                     target=self._work, args=(exited,), name="bgtasks-worker", daemon=True
                 )
                 thread.start()
-                with anyio.CancelScope(shield=True):  # the thread must end before the loop
-                    await exited.wait()
-                thread.join()  # it has signalled its last act: this returns at once
+                try:
+                    with anyio.CancelScope(shield=True):
+                        await exited.wait()
+                finally:
+                    # The thread must end before the loop does. Normally it has signalled its
+                    # last act and this returns at once; when a loop's teardown cancels even
+                    # the shielded wait, this blocks until the task in hand is done.
+                    thread.join()
         finally:
             self.workers -= 1
             if self.pending and not self.closing:

@@ -128,7 +128,7 @@ def _run_in_order(
                 while end < len(tasks) and not tasks[end].is_async:
                     end += 1
                 batch = SyncBatch(tasks[index:end])
-                yield from batch().__await__()
+                yield from batch.start().__await__()
                 failures.extend(batch.errors)
                 index += batch.started
                 awaitable = batch.awaitable  # returned by tasks[index - 1], the batch's last
@@ -160,6 +160,8 @@ def _run_in_order(
                 except BaseException as exc:
                     value, error = None, exc
     except BaseException:
+        if batch is not None:
+            batch.stopped = True  # its worker starts no further task of it
         if log_unfinished:
             # A sync batch may have finished all but its last started task in the thread.
             started = index + batch.started if batch else index

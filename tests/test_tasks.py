@@ -371,7 +371,7 @@ def test_no_worker_is_left_running_after_the_loop_ends() -> None:
 
     for backend in ("asyncio", "trio"):
         worker = anyio.run(main, backend=backend)
-        assert not in_worker_loop(worker)
+        assert not in_worker_loop(worker), backend
 
 
 # 5. Context
