@@ -202,13 +202,16 @@ class _Runner:
                                 group.start_soon(self._worker, limiter)
                             await anyio.sleep(_STALL)
                 finally:  # the loop is ending: release the workers, then wait for them
-                    with self.lock:
-                        self.closing = True
-                        bells, self.idle = self.idle, []
-                    for bell in bells:
-                        bell.release()
+                    self._close()
         finally:
             _runners.pop(self.key, None)
+
+    def _close(self) -> None:
+        with self.lock:
+            self.closing = True
+            bells, self.idle = self.idle, []
+        for bell in bells:
+            bell.release()
 
     def _needs_worker(self, limiter: anyio.CapacityLimiter) -> bool:
         with self.lock:
@@ -235,11 +238,14 @@ class _Runner:
                 try:
                     with anyio.CancelScope(shield=True):
                         await exited.wait()
+                except BaseException:
+                    # A loop's teardown can cancel even the shielded wait (asyncio.Runner
+                    # cancels tasks natively). Close the runner and block until the worker
+                    # has finished the task in hand: the thread must not outlive the loop.
+                    self._close()
+                    raise
                 finally:
-                    # The thread must end before the loop does. Normally it has signalled its
-                    # last act and this returns at once; when a loop's teardown cancels even
-                    # the shielded wait, this blocks until the task in hand is done.
-                    thread.join()
+                    thread.join()  # normally the thread has signalled its last act already
         finally:
             self.workers -= 1
             if self.pending and not self.closing:
