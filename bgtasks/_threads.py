@@ -83,12 +83,12 @@ class SyncBatch:
         self.tasks = tasks
         self.started = 0
         self.stopped = False
-        self.errors: list[tuple[BackgroundTask, Exception]] = []
+        self.errors: list[tuple[BackgroundTask, Exception]] | None = None  # made on demand
         self.awaitable: Awaitable[Any] | None = None
         self.done: asyncio.Future[None] | anyio.Event | None = None
 
     def run(self) -> None:
-        # In a worker thread.
+        # In a worker thread. Nothing may escape: the worker must live on to hand the batch back.
         for task in self.tasks:
             if self.stopped:
                 return
@@ -96,11 +96,21 @@ class SyncBatch:
             try:
                 result = task.context.run(task.func, *task.args, **task.kwargs)
             except Exception as exc:
-                self.errors.append((task, exc))
+                self._fail(task, exc)
+                continue
+            except BaseException as exc:  # SystemExit and the like, raised in a thread
+                error = RuntimeError(f"background task raised {exc!r} in a worker thread")
+                error.__cause__ = exc
+                self._fail(task, error)
                 continue
             if inspect.isawaitable(result):
                 self.awaitable = result
                 return
+
+    def _fail(self, task: BackgroundTask, error: Exception) -> None:
+        if self.errors is None:
+            self.errors = []
+        self.errors.append((task, error))
 
     def start(self) -> Awaitable[Any]:
         """Queue the batch for a worker; return what to await until it has run.

@@ -129,7 +129,8 @@ def _run_in_order(
                     end += 1
                 batch = SyncBatch(tasks[index:end])
                 yield from batch.start().__await__()
-                failures.extend(batch.errors)
+                if batch.errors:
+                    failures.extend(batch.errors)
                 index += batch.started
                 awaitable = batch.awaitable  # returned by tasks[index - 1], the batch's last
                 batch = None

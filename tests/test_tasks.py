@@ -603,3 +603,23 @@ async def test_cancelled_sync_batch_starts_no_further_task(
         in message
     )
     assert "never started: [test_tasks.append_sync]" in message
+
+
+async def test_sync_task_raising_system_exit_is_a_failure_not_a_dead_worker() -> None:
+    log: list[str] = []
+
+    def exits() -> None:
+        raise SystemExit(3)
+
+    tasks = BackgroundTasks()
+    tasks.add_task(exits)
+    tasks.add_task(append_sync, log, "next")
+    with anyio.fail_after(10), pytest.raises(RuntimeError, match="SystemExit") as caught:
+        await tasks()
+    assert isinstance(caught.value.__cause__, SystemExit)
+    assert log == ["next"]
+    again = BackgroundTasks()
+    again.add_task(append_sync, log, "worker still serves")
+    with anyio.fail_after(10):
+        await again()
+    assert log == ["next", "worker still serves"]
