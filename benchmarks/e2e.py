@@ -87,9 +87,23 @@ def run_one(wrk: str, app: str, seconds: float, connections: int, workdir: Path)
         pinned(
             0,
             [
-                sys.executable, "-m", "uvicorn", f"apps:{app}", "--host", "127.0.0.1",
-                "--port", str(port), "--loop", "uvloop", "--http", "httptools",
-                "--workers", "1", "--no-access-log", "--log-level", "warning",
+                sys.executable,
+                "-m",
+                "uvicorn",
+                f"apps:{app}",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--loop",
+                "uvloop",
+                "--http",
+                "httptools",
+                "--workers",
+                "1",
+                "--no-access-log",
+                "--log-level",
+                "warning",
             ],
         ),
         cwd=HERE,
@@ -106,9 +120,21 @@ def run_one(wrk: str, app: str, seconds: float, connections: int, workdir: Path)
                     raise RuntimeError(f"uvicorn did not start {app}") from None
                 time.sleep(0.05)
         output = subprocess.run(
-            pinned(1, [wrk, "-t1", f"-c{connections}", f"-d{seconds:g}s", "--latency",
-                       f"http://127.0.0.1:{port}/"]),
-            capture_output=True, text=True, check=True, timeout=seconds + 60,
+            pinned(
+                1,
+                [
+                    wrk,
+                    "-t1",
+                    f"-c{connections}",
+                    f"-d{seconds:g}s",
+                    "--latency",
+                    f"http://127.0.0.1:{port}/",
+                ],
+            ),
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=seconds + 60,
         ).stdout
     finally:
         server.send_signal(signal.SIGTERM)  # uvicorn waits for running background tasks
@@ -136,7 +162,9 @@ def main() -> None:
             for _, app, logs in apps:
                 run = run_one(wrk, app, args.seconds, args.connections, Path(workdir))
                 if logs and run.log_lines < run.responses:
-                    raise SystemExit(f"{app}: {run.log_lines} log lines < {run.responses} responses")
+                    raise SystemExit(
+                        f"{app}: {run.log_lines} log lines < {run.responses} responses"
+                    )
                 runs[app].append(run)
     median = {
         app: Run(*(statistics.median(getattr(r, f) for r in rs) for f in Run.__dataclass_fields__))
@@ -157,7 +185,8 @@ def main() -> None:
         p99_floor = f"{m.p99_ms / floor.p99_ms:.1f}" if floor and logs else "–"
         ran = (
             f"{min(r.log_lines - r.responses for r in runs[app]):+d} lines vs responses"
-            if logs else "–"
+            if logs
+            else "–"
         )
         print(
             f"| {label} | {m.rps:,.0f} | {vs_raw} | {vs_floor} | {m.p50_ms:.2f} | "

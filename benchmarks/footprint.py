@@ -23,7 +23,9 @@ MODULES = {"bgtasks": "bgtasks", "Starlette": "starlette.background"}
 def import_us(module: str) -> float:
     output = subprocess.run(
         [sys.executable, "-X", "importtime", "-c", f"import {module}"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stderr
     top = module.split(".")[0]
     times = [

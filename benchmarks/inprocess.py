@@ -109,8 +109,10 @@ def calls_for(variant: str, implementation: str) -> int:
 
 
 async def sample(implementation: str, variant: str) -> float:
-    run, funcs, calls = IMPLEMENTATIONS[implementation], VARIANTS[variant], calls_for(
-        variant, implementation
+    run, funcs, calls = (
+        IMPLEMENTATIONS[implementation],
+        VARIANTS[variant],
+        calls_for(variant, implementation),
     )
     for _ in range(calls // 10):  # warm up
         await run(funcs)
@@ -148,7 +150,10 @@ def main() -> None:
     for loop in args.loops.split(","):
         results = run_loop(loop, args.repeats)
         print(f"**{loop}**\n")
-        print("| variant | floor µs | Starlette µs | bgtasks µs | bgtasks ÷ floor | bgtasks ÷ Starlette |")
+        print(
+            "| variant | floor µs | Starlette µs | bgtasks µs "
+            "| bgtasks ÷ floor | bgtasks ÷ Starlette |"
+        )
         print("|---|---|---|---|---|---|")
         for variant in VARIANTS:
             base, theirs, ours = (results[variant, name] for name in IMPLEMENTATIONS)

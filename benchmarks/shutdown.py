@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from servers import tasks_surviving_sigterm  # noqa: E402
+from servers import tasks_surviving_sigterm
 
 SERVERS = ["uvicorn", "hypercorn-asyncio", "hypercorn-trio", "granian", "daphne"]
 APPS = {

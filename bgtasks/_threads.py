@@ -180,8 +180,13 @@ class _Runner:
             self.dispatcher = trio.lowlevel.spawn_system_task(self._dispatch)
 
     def submit(self, batch: SyncBatch) -> None:
-        # On the loop thread. Workers are woken once per loop iteration, not per batch: by the
-        # time _flush runs, every request handled in this iteration has queued its work.
+        # On the loop thread. Under load, workers are woken once per loop iteration, not per
+        # batch: by the time _flush runs, every request of this iteration has queued its work.
+        # A lone batch on an idle runner wakes its worker at once instead.
+        if not self.pending and self.idle and not self.flush_scheduled:
+            self.pending.append(batch)
+            self._flush()
+            return
         self.pending.append(batch)
         if not self.flush_scheduled:
             self.flush_scheduled = True

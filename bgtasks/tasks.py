@@ -164,9 +164,15 @@ def _run_in_order(
         if batch is not None:
             batch.stopped = True  # its worker starts no further task of it
         if log_unfinished:
-            # A sync batch may have finished all but its last started task in the thread.
-            started = index + batch.started if batch else index
-            running = tasks[max(started - 1, 0) : started]
+            # Cancellation arrives at a yield: while tasks[index - 1] (async, or the awaitable
+            # a sync task returned) runs, or while a sync batch waits; of that batch only the
+            # last task it started can still be running, the ones before it have finished.
+            if batch is None:
+                started = index
+                running = tasks[index - 1 : index] if index else []
+            else:
+                started = index + batch.started
+                running = tasks[started - 1 : started] if batch.started else []
             _log_unfinished(running, tasks[started:])
         raise
 

@@ -73,3 +73,12 @@ def test_detached_mode_on_daphne_fails_loudly(tmp_path: Path) -> None:
         status, _, _ = conn.get("/wait?name=never")
         assert status == 500
         wait_for(lambda: "needs the ASGI lifespan protocol" in running.log, "the error log")
+
+
+def test_readme_example_serves_and_writes_its_log_line(tmp_path: Path) -> None:
+    log = tmp_path / "example.log"
+    env = {"BGTASKS_EXAMPLE_LOG": str(log)}
+    with serve("uvicorn", "example:app", tmp_path, env) as running, running.connect() as conn:
+        status, _, body = conn.get("/hello")
+        assert status == 200 and body.startswith(b"Hello!")
+        wait_for(lambda: log.exists() and log.read_text() == "GET /hello\n", "the log line")

@@ -623,3 +623,32 @@ async def test_sync_task_raising_system_exit_is_a_failure_not_a_dead_worker() ->
     with anyio.fail_after(10):
         await again()
     assert log == ["next", "worker still serves"]
+
+
+async def test_cancelled_while_a_batch_is_queued_names_no_finished_task_as_cancelled(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    hold = threading.Event()
+    blocker = BackgroundTasks()
+    blocker.add_task(hold.wait, 10)  # occupies the only worker
+    limiter = bgtasks.current_thread_limiter()
+    saved = limiter.total_tokens
+    limiter.total_tokens = 1
+    log: list[str] = []
+    tasks = BackgroundTasks()
+    tasks.add_task(append_async, log, "done first")
+    tasks.add_task(append_sync, log, "queued")
+    try:
+        async with anyio.create_task_group() as group:
+            group.start_soon(blocker)
+            await anyio.sleep(0.01)
+            with anyio.move_on_after(0.05):
+                await tasks()
+            hold.set()
+    finally:
+        hold.set()
+        limiter.total_tokens = saved
+    assert log == ["done first"]
+    [message] = [r.getMessage() for r in caplog.records if "did not finish" in r.getMessage()]
+    assert "cancelled: []" in message
+    assert "never started: [test_tasks.append_sync]" in message
