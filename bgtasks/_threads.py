@@ -1,32 +1,36 @@
 """Where sync background tasks run: one queue-fed runner per event loop.
 
-Theory of operation. A thread hop per task (what Starlette does) costs ~140 us here, and under
+Theory of operation. A thread hop per task (what Starlette does) costs ~130 us here, and under
 load 40 threads fight the event loop for the GIL. Instead each event loop has one ``_Runner``:
 
-* Requests put ``SyncBatch``es (a request's consecutive sync tasks) on a queue. Normally one
-  worker thread drains it, so work from many requests shares each wake-up, and the loop is
-  told about finished batches in bursts: one ``call_soon_threadsafe`` per burst, not per task.
-* A worker lingers for ``_LINGER`` seconds when the queue runs dry, so steady traffic never
-  pays for a thread start, and then gives its thread back.
-* A dispatcher task on the loop adds workers, up to the thread budget, only while queued work
-  waits behind workers whose current batch has run for more than ``_STALL`` seconds (a slow
-  SMTP call, a sleep). So one slow task never blocks the others, and quick tasks never wake a
-  crowd of threads to fight over the GIL.
+* Requests put ``SyncBatch``es (a request's consecutive sync tasks) on a queue. Under load the
+  loop wakes a parked worker once per loop iteration (``_flush``), not once per request, and
+  the worker hands finished batches back in bursts: one ``call_soon_threadsafe`` per burst.
+  A lone batch on an idle runner wakes its worker at once.
+* Workers are the runner's own threads. Each holds one token of the thread budget while it
+  lives, parks on a private lock when the queue runs dry, and ends after ``_LINGER`` idle
+  seconds.
+* A dispatcher task on the loop starts workers: the first when work arrives, and more, up to
+  the budget, only while queued work waits behind workers whose current batch has run for
+  more than ``_STALL`` seconds (a slow SMTP call, a sleep). So one slow task never blocks the
+  others, and quick tasks never wake a crowd of threads to fight over the GIL.
 
 Rules:
 
 1. Sync tasks never run on the event loop thread. Each runs in its own contextvars snapshot.
 2. The thread budget (``current_thread_limiter``) belongs to bgtasks alone, so sync endpoints,
    which use anyio's default limiter, and background work never starve each other.
-3. Everything here is per event loop (anyio RunVar): a process may run asyncio, then trio.
+3. Everything here is per event loop (the runner is keyed by the asyncio loop or trio token,
+   the limiter lives in a RunVar): a process may run asyncio, then trio.
 4. A batch stops early at the first task that returns an awaitable; the caller awaits it on
    the loop before the next task starts. Results travel back in the batch object, never as a
    thread's return value: trio refuses a worker whose result is a coroutine.
-5. Cancellation is prompt: the waiting request leaves at once and sets ``stopped``; the worker
+5. Nothing a task raises kills its worker: a batch always comes back.
+6. Cancellation is prompt: the waiting request leaves at once and sets ``stopped``; the worker
    starts no further task of that batch. A task already running in a thread cannot be
    interrupted, and finishes there.
-6. When the loop ends, the dispatcher is cancelled: workers take no new batch, and the loop
-   waits for each to return its thread, so no worker outlives its loop.
+7. When the loop ends, the dispatcher is cancelled: workers take no new batch, and the loop
+   waits for each thread to end, so no worker outlives its loop.
 """
 
 from __future__ import annotations
