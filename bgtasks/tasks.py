@@ -204,12 +204,7 @@ class BackgroundTask:
     def __init__(self, func: Callable[P, Any], /, *args: P.args, **kwargs: P.kwargs) -> None:
         if not callable(func):
             reject_non_callable(func, type(self).__name__)
-        self.func = func
-        self.args = args
-        self.kwargs = kwargs
-        self.is_async = _is_async_callable(func)
-        self.context = contextvars.copy_context()
-        self._name = None
+        _fill(self, func, args, kwargs)
 
     @property
     def name(self) -> str:
@@ -230,6 +225,18 @@ class BackgroundTask:
         failures: list[Failure] = []
         await _run_in_order([self], failures, log_unfinished)
         return failures
+
+
+def _fill(
+    task: BackgroundTask, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> BackgroundTask:
+    task.func = func
+    task.args = args
+    task.kwargs = kwargs
+    task.is_async = _is_async_callable(func)
+    task.context = contextvars.copy_context()  # the snapshot the task will run in
+    task._name = None
+    return task
 
 
 class BackgroundTasks:
@@ -273,14 +280,9 @@ class BackgroundTasks:
         """
         if not callable(func):
             reject_non_callable(func, "add_task")
-        # BackgroundTask(func, *args, **kwargs), inlined: add_task is on every request's path.
-        task = object.__new__(BackgroundTask)
-        task.func = func
-        task.args = args
-        task.kwargs = kwargs
-        task.is_async = _is_async_callable(func)
-        task.context = contextvars.copy_context()
-        task._name = None
+        # BackgroundTask(func, *args, **kwargs) without packing the arguments a second time:
+        # add_task is on every request's path.
+        task = _fill(object.__new__(BackgroundTask), func, args, kwargs)
         self._tasks.append(task)
         return task
 
