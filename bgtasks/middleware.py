@@ -23,15 +23,18 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import anyio
-import anyio.abc
 
+from ._engine import Work, current_engine
 from ._types import ASGIApp, Message, Receive, Scope, Send
-from .tasks import BackgroundTasks, log_dropped, logger, run_background
+from .tasks import BackgroundTasks, Run, log_dropped, logger
 
 __all__ = ["BackgroundTasksMiddleware", "get_background_tasks"]
 
 SCOPE_KEY = "bgtasks.tasks"
 DEFAULT_SHUTDOWN_TIMEOUT = 30.0
+DEFAULT_MAX_PENDING = 1000
+
+_NOT_STARTED, _RUNNING, _ENDED = "not started", "running", "ended"  # lifespan, as seen here
 
 # The one table that says when an ASGI response is complete. Each entry maps a message type to
 # a test of (message, trailers announced in http.response.start). Types not listed (start,
@@ -64,75 +67,6 @@ def get_background_tasks(scope: Scope) -> BackgroundTasks:
     return tasks
 
 
-class _InFlight:
-    """Background runs in progress, so that shutdown can wait for them and cancel stragglers."""
-
-    def __init__(self) -> None:
-        self.runs: dict[anyio.CancelScope, BackgroundTasks] = {}
-        self.idle: anyio.Event | None = None
-
-    async def run(self, tasks: BackgroundTasks, scope: anyio.CancelScope | None = None) -> None:
-        with scope or anyio.CancelScope() as scope:
-            self.runs[scope] = tasks
-            try:
-                await run_background(tasks)
-            finally:
-                del self.runs[scope]
-                if not self.runs and self.idle is not None:
-                    self.idle.set()
-                    self.idle = None
-
-    async def wait_idle(self) -> None:
-        while self.runs:
-            if self.idle is None:
-                self.idle = anyio.Event()
-            await self.idle.wait()
-
-    async def run_with_grace(self, tasks: BackgroundTasks, grace: float) -> None:
-        # Servers cancel a request's call when they shut down (hypercorn after graceful_timeout,
-        # daphne at once) or some time after the response (daphne's application_close_timeout).
-        # So the work runs shielded in a child task, and a cancellation of the request only
-        # starts a grace period of `grace` seconds, after which the work is cancelled too. The
-        # servers wait for a cancelled call to end, so the work gets to finish.
-        work = anyio.CancelScope(shield=True)
-        finished = anyio.Event()
-
-        async def shielded() -> None:
-            try:
-                await self.run(tasks, work)
-            finally:
-                finished.set()
-
-        async with anyio.create_task_group() as group:
-            group.start_soon(shielded)
-            try:
-                await finished.wait()
-            except anyio.get_cancelled_exc_class():
-                logger.info("the server cancelled a request; its background work has %ss", grace)
-                with anyio.CancelScope(shield=True):
-                    # Wait for all work in flight, not just this request's: daphne stops
-                    # waiting for its cancelled calls as soon as the first one ends.
-                    with anyio.move_on_after(grace):
-                        await self.wait_idle()
-                    work.cancel()
-                raise
-
-    async def drain(self, timeout: float) -> None:
-        with anyio.move_on_after(timeout):
-            await self.wait_idle()
-        if self.runs:
-            logger.warning(
-                "shutdown_timeout (%ss) ran out with background work of %d requests unfinished; "
-                "cancelling it",
-                timeout,
-                len(self.runs),
-            )
-            for scope in list(self.runs):
-                scope.cancel()
-            with anyio.move_on_after(timeout):
-                await self.wait_idle()  # each cancelled run names its unfinished tasks
-
-
 class BackgroundTasksMiddleware:
     """Give every HTTP request a BackgroundTasks, run once its response is complete.
 
@@ -160,33 +94,48 @@ class BackgroundTasksMiddleware:
         *,
         detached: bool = False,
         shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
+        max_pending: int = DEFAULT_MAX_PENDING,
     ) -> None:
         if not callable(app):
             raise TypeError(f"BackgroundTasksMiddleware needs an ASGI app, got {app!r}")
+        if type(detached) is not bool:
+            raise TypeError(f"detached must be True or False, got {detached!r}")
         if isinstance(shutdown_timeout, bool) or not isinstance(shutdown_timeout, (int, float)):
             raise TypeError(
                 f"shutdown_timeout must be a number of seconds, got {shutdown_timeout!r}"
             )
         if not shutdown_timeout >= 0:
             raise ValueError(f"shutdown_timeout must be >= 0 seconds, got {shutdown_timeout}")
+        if type(max_pending) is not int:
+            raise TypeError(f"max_pending must be an int, got {max_pending!r}")
+        if max_pending < 1:
+            raise ValueError(f"max_pending must be at least 1, got {max_pending}")
         self.app = app
         self.detached = detached
         self.shutdown_timeout = float(shutdown_timeout)
-        self._in_flight = _InFlight()
-        self._group: anyio.abc.TaskGroup | None = None  # open from lifespan startup to shutdown
-        self._lifespan_started = False
+        self.max_pending = max_pending
+        self._work = Work()
+        self._lifespan = _NOT_STARTED
+
+    async def wait_idle(self) -> None:
+        """Return once no background work of this middleware is queued or running.
+
+        Works in both modes, on asyncio and trio; meant for tests and orderly shutdowns.
+        Cancelling the wait does not touch the work.
+        """
+        await self._work.wait_idle()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await self._lifespan(scope, receive, send)
+            await self._run_lifespan(scope, receive, send)
         elif scope["type"] != "http" or SCOPE_KEY in scope:
             await self.app(scope, receive, send)  # another kind, or an outer middleware owns it
         else:
             await self._http(scope, receive, send)
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        group = self._group
-        if self.detached and not self._lifespan_started:
+        detached = self.detached and self._lifespan is _RUNNING
+        if self.detached and self._lifespan is _NOT_STARTED:
             raise RuntimeError(
                 "BackgroundTasksMiddleware(detached=True) needs the ASGI lifespan protocol, and "
                 "this server has not started it. Enable lifespan on the server, or use "
@@ -220,12 +169,46 @@ class BackgroundTasksMiddleware:
             return
         if not complete:
             log_dropped(tasks, "the app returned without completing its response; tasks dropped")
-        elif group is not None and self.detached:
-            group.start_soon(self._in_flight.run, tasks)
-        else:  # attached, or detached after shutdown began: the server's own drain covers it
-            await self._in_flight.run_with_grace(tasks, self.shutdown_timeout)
+            return
+        work = self._work
+        if detached:
+            if len(work) >= self.max_pending:
+                await work.wait_room(self.max_pending)  # back-pressure, never a drop
+            job = Run(tasks)
+            work.add(job)
+            current_engine().submit(job)
+            return
+        # Attached (or detached after shutdown began): the call waits for its work, which runs
+        # on the engine, outside this task, so that a server's cancellation of the call starts
+        # a grace period instead of cancelling the work.
+        engine = current_engine()
+        job = Run(tasks)
+        signal = job.signal = engine.signal()
+        work.add(job)
+        engine.submit(job)
+        try:
+            await signal.wait()
+        except BaseException:
+            await self._grace(job)
+            raise
 
-    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _grace(self, job: Run) -> None:
+        # Servers cancel a request's call when they shut down (hypercorn after graceful_timeout,
+        # daphne at once) or some time after the response (daphne's application_close_timeout).
+        # The work gets up to shutdown_timeout more, then it is cancelled and named.
+        grace = self.shutdown_timeout
+        logger.info("the server cancelled a request; its background work has %ss", grace)
+        with anyio.CancelScope(shield=True):
+            # Wait for all work in flight, not just this request's: daphne stops waiting for
+            # its cancelled calls as soon as the first one ends.
+            with anyio.move_on_after(grace):
+                await self._work.wait_idle()
+            job.cancel(f"the server cancelled the request and its grace period ({grace}s) ran out")
+            if not job.settled:  # its consumer is ending; it names what it cancelled
+                signal = job.signal = current_engine().signal()
+                await signal.wait()
+
+    async def _run_lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         received_any = False
 
         async def lifespan_receive() -> Message:
@@ -233,30 +216,36 @@ class BackgroundTasksMiddleware:
             message = await receive()
             received_any = True
             if message["type"] == "lifespan.shutdown":
-                await self._in_flight.drain(self.shutdown_timeout)
-                self._group = None
+                await self._drain()
             return message
 
-        app_error: Exception | None = None
-        async with anyio.create_task_group() as group:
-            self._group = group
-            self._lifespan_started = True
-            try:
-                await self.app(scope, lifespan_receive, send)
-            except Exception as exc:
-                if received_any:  # the app speaks lifespan and failed in it: the server reports it
-                    app_error = exc
-                    group.cancel_scope.cancel()
-                else:
-                    logger.info("the app does not support lifespan; bgtasks completes it instead")
-                    await self._answer_lifespan(lifespan_receive, send)
-            else:
-                if not received_any:
-                    await self._answer_lifespan(lifespan_receive, send)
-            finally:
-                self._group = None
-        if app_error is not None:
-            raise app_error  # outside the task group, so that it is not wrapped in a group
+        self._lifespan = _RUNNING
+        try:
+            await self.app(scope, lifespan_receive, send)
+        except Exception:
+            if received_any:  # the app speaks lifespan and failed in it: the server reports it
+                raise
+            logger.info("the app does not support lifespan; bgtasks completes it instead")
+            await self._answer_lifespan(lifespan_receive, send)
+        else:
+            if not received_any:
+                await self._answer_lifespan(lifespan_receive, send)
+        finally:
+            self._lifespan = _ENDED
+
+    async def _drain(self) -> None:
+        timeout = self.shutdown_timeout
+        cancelled = await self._work.drain(
+            timeout, f"shutdown_timeout ({timeout}s) ran out; background work given up"
+        )
+        if cancelled:
+            logger.warning(
+                "shutdown_timeout (%ss) ran out with background work of %d requests unfinished; "
+                "it was cancelled",
+                timeout,
+                cancelled,
+            )
+        self._lifespan = _ENDED
 
     @staticmethod
     async def _answer_lifespan(receive: Receive, send: Send) -> None:

@@ -4,7 +4,7 @@ Theory of operation:
 
 * A task is classified once, when it is created. Coroutine functions, partials of them (nested
   too) and objects with an async ``__call__`` are *async*: they are awaited on the event loop.
-  Every other callable is *sync*: it runs in a worker thread (see ``_threads``). A sync callable
+  Every other callable is *sync*: it runs in a worker thread (see ``_engine``). A sync callable
   that returns an awaitable (``lambda: notify(x)``) has that awaitable awaited on the loop.
 * A task snapshots the contextvars when it is created, like ``loop.call_soon``. Async tasks run
   in that snapshot without a new task: ``_run_in_order`` steps each coroutine inside
@@ -30,7 +30,7 @@ from typing import Any, NoReturn, ParamSpec
 
 import anyio
 
-from ._threads import SyncBatch
+from ._engine import Job, SyncBatch
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import ExceptionGroup
@@ -101,20 +101,27 @@ def reject_non_callable(func: object, where: str) -> NoReturn:
 
 @types.coroutine
 def _run_in_order(
-    tasks: list[BackgroundTask], failures: list[Failure], log_unfinished: bool = True
+    tasks: list[BackgroundTask],
+    failures: list[Failure],
+    log_unfinished: bool = True,
+    start: int = 0,
+    awaitable: Any = None,
 ) -> Generator[Any, Any, None]:
     # The one place tasks run. A generator-based coroutine, so that it can step each task's
     # coroutine inside the task's own context: what a step yields goes to the event loop
     # unchanged, and what the loop sends or throws back goes in unchanged, so this works on
     # asyncio and trio alike and costs no new task. The list is walked by index, so tasks
     # appended while it runs are run too.
-    index = 0  # tasks[:index] have been started
+    index = start  # tasks[:index] have been started
     batch: SyncBatch | None = None
     try:
-        while index < len(tasks):
-            task = tasks[index]
-            context = task.context
-            if task.is_async:
+        while index < len(tasks) or awaitable is not None:
+            if awaitable is not None:  # returned by tasks[index - 1], a sync task
+                task = tasks[index - 1]
+                context = task.context
+            elif tasks[index].is_async:
+                task = tasks[index]
+                context = task.context
                 index += 1
                 try:
                     # Calling an async callable only creates its coroutine: no user code runs
@@ -134,11 +141,9 @@ def _run_in_order(
                 index += batch.started
                 awaitable = batch.awaitable  # returned by tasks[index - 1], the batch's last
                 batch = None
-                if awaitable is None:
-                    continue
-                task = tasks[index - 1]
-                context = task.context
+                continue
             iterator: Any = awaitable if type(awaitable) is _Coroutine else awaitable.__await__()
+            awaitable = None
             value: Any = None
             error: BaseException | None = None
             while True:
@@ -389,3 +394,53 @@ async def run_background(background: Callable[[], Awaitable[Any]]) -> None:
     except BaseException:
         logger.warning("background %s was cancelled before it finished", name)
         raise
+
+
+class Run(Job):
+    """A BackgroundTasks handed to the engine: one request's work, run once, in order."""
+
+    __slots__ = ("tasks", "resume_at", "awaitable")
+
+    def __init__(self, tasks: BackgroundTasks) -> None:
+        super().__init__()
+        self.tasks = tasks
+        self.resume_at = 0  # tasks[:resume_at] ran in the threads
+        self.awaitable: Any = None  # returned there by tasks[resume_at - 1]
+
+    def sync_calls(self) -> Sequence[BackgroundTask] | None:
+        tasks = self.tasks
+        if tasks.concurrency != 1:
+            return None
+        for task in tasks._tasks:
+            if task.is_async:
+                return None
+        return tasks._tasks
+
+    def batch_done(self, batch: SyncBatch) -> bool:
+        if batch.errors:
+            log_failures(batch.errors)
+        self.resume_at = batch.started
+        self.awaitable = batch.awaitable
+        # Finished, unless a task returned an awaitable or added tasks while it ran.
+        return self.awaitable is None and batch.started >= len(self.tasks._tasks)
+
+    async def run(self) -> None:
+        tasks = self.tasks
+        failures: list[Failure] = []
+        if self.resume_at or tasks.concurrency == 1:
+            await _run_in_order(tasks._tasks, failures, True, self.resume_at, self.awaitable)
+        else:
+            failures = await tasks._run_logged()
+        log_failures(failures)
+
+    def abandon(self, reason: str) -> None:
+        tasks = self.tasks._tasks
+        batch = self.batch
+        started = batch.started if batch is not None else self.resume_at
+        running = tasks[started - 1 : started] if batch is not None and started else []
+        logger.warning(
+            "%s; cancelled: [%s]; never started: [%s]",
+            reason,
+            ", ".join(task.name for task in running),
+            ", ".join(task.name for task in tasks[started:]),
+        )

@@ -15,7 +15,7 @@ import pytest
 
 import bgtasks
 from bgtasks import BackgroundTask, BackgroundTasks
-from bgtasks._threads import SyncBatch
+from bgtasks._engine import SyncBatch
 
 if sys.version_info < (3, 11):
     from exceptiongroup import ExceptionGroup
@@ -284,7 +284,7 @@ async def test_thread_budget_is_per_event_loop_and_has_the_documented_default() 
     limiter = bgtasks.current_thread_limiter()
     assert limiter is bgtasks.current_thread_limiter()
     assert limiter is not anyio.to_thread.current_default_thread_limiter()
-    assert limiter.total_tokens == bgtasks._threads.DEFAULT_THREAD_LIMIT == 8
+    assert limiter.total_tokens == bgtasks._engine.DEFAULT_THREAD_LIMIT == 40
 
 
 async def test_consecutive_sync_tasks_share_one_thread_hop(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -292,7 +292,7 @@ async def test_consecutive_sync_tasks_share_one_thread_hop(monkeypatch: pytest.M
     real_run = SyncBatch.run
 
     def counting_run(batch: SyncBatch) -> None:
-        hops.append(len(batch.tasks))
+        hops.append(len(batch.calls))
         real_run(batch)
 
     monkeypatch.setattr(SyncBatch, "run", counting_run)
@@ -318,9 +318,9 @@ def test_one_process_can_run_asyncio_then_trio() -> None:
         await tasks()
         return len(threads), bgtasks.current_thread_limiter().total_tokens
 
-    assert anyio.run(main, backend="asyncio") == (2, 8)
-    assert anyio.run(main, backend="trio") == (2, 8)
-    assert anyio.run(main, backend="asyncio") == (2, 8)
+    assert anyio.run(main, backend="asyncio") == (2, 40)
+    assert anyio.run(main, backend="trio") == (2, 40)
+    assert anyio.run(main, backend="asyncio") == (2, 40)
 
 
 async def test_slow_sync_task_does_not_block_other_requests_sync_tasks() -> None:
@@ -355,7 +355,7 @@ def test_no_worker_is_left_running_after_the_loop_ends() -> None:
     def in_worker_loop(ident: int) -> bool:
         frame = sys._current_frames().get(ident)
         while frame is not None:
-            if frame.f_code.co_name == "_work" and frame.f_code.co_filename.endswith("_threads.py"):
+            if frame.f_code.co_name == "_work" and frame.f_code.co_filename.endswith("_engine.py"):
                 return True
             frame = frame.f_back
         return False
