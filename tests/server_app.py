@@ -71,6 +71,13 @@ async def sleep_then_mark(name: str, seconds: float) -> None:
     (DIR / f"{name}.done").write_text("done")
 
 
+def block_in_io(name: str) -> None:
+    """A sync task stuck in I/O far longer than any shutdown_timeout."""
+    (DIR / f"{name}.started").write_text("started")
+    time.sleep(120)
+    (DIR / f"{name}.done").write_text("done")
+
+
 async def raw_endpoint(scope: Scope, receive: Receive, send: Send) -> None:
     """A hand-written ASGI app with no bgtasks Response: it only adds tasks."""
     if scope["type"] == "lifespan":
@@ -82,6 +89,8 @@ async def raw_endpoint(scope: Scope, receive: Receive, send: Send) -> None:
         tasks.add_task(wait_for_flag, name)
     elif scope["path"] == "/fail":
         tasks.add_task(fail_on_purpose, name)
+    elif scope["path"] == "/block-sync":
+        tasks.add_task(block_in_io, name)
     elif scope["path"] == "/sleep":
         tasks.add_task(sleep_then_mark, name, float(query["seconds"][0]))
     body = f"ok {scope['path']}".encode()
@@ -92,6 +101,8 @@ async def raw_endpoint(scope: Scope, receive: Receive, send: Send) -> None:
 
 attached = BackgroundTasksMiddleware(raw_endpoint)
 detached = BackgroundTasksMiddleware(raw_endpoint, detached=True)
+bounded_attached = BackgroundTasksMiddleware(raw_endpoint, shutdown_timeout=1)
+bounded_detached = BackgroundTasksMiddleware(raw_endpoint, detached=True, shutdown_timeout=1)
 
 
 def _starlette_app() -> Any:

@@ -12,7 +12,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,15 +75,22 @@ class Server:
 
 @contextmanager
 def serve(
-    server: str, app: str, workdir: Path, env: dict[str, str] | None = None
+    server: str,
+    app: str,
+    workdir: Path,
+    env: dict[str, str] | None = None,
+    args: Sequence[str] = (),
 ) -> Iterator[Server]:
-    """Run ``app`` (``module:attribute`` under tests/) on ``server`` until the block ends."""
+    """Run ``app`` (``module:attribute`` under tests/) on ``server`` until the block ends.
+
+    ``args`` go to the server's command line.
+    """
     log_path = workdir / f"{server}.log"
     for attempt in range(3):
         port = free_port()
         with open(log_path, "wb") as log:
             process = subprocess.Popen(
-                _command(server, app, port),
+                [*_command(server, app, port), *args],
                 cwd=TESTS,
                 stdout=log,
                 stderr=subprocess.STDOUT,

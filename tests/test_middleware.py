@@ -427,3 +427,91 @@ async def test_grace_period_ends_by_cancelling_and_naming_the_work(
             request.cancel()
     assert request.cancelled_caught
     assert "cancelled: [anyio" in caplog.text
+
+
+# The engine: back-pressure, threads that follow the load
+
+
+async def test_detached_backlog_is_bounded_by_max_pending() -> None:
+    log: list[str] = []
+    release = anyio.Event()
+    app = BackgroundTasksMiddleware(
+        lifespan_app(log, waiting_endpoint(release, log)), detached=True, max_pending=2
+    )
+    returned: list[int] = []
+
+    async def request(number: int) -> None:
+        await app(http_scope(), no_receive, Recorder())
+        returned.append(number)
+
+    async with Lifespan(app).running() as lifespan:
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as group:
+                for number in range(3):
+                    group.start_soon(request, number)
+                    await anyio.wait_all_tasks_blocked()
+                # Two requests' work is pending: the third call waits for room, not dropped.
+                assert sorted(returned) == [0, 1]
+                release.set()
+            assert sorted(returned) == [0, 1, 2]
+            await app.wait_idle()
+        assert log.count("task done") == 3
+        assert await lifespan.step("shutdown") == "lifespan.shutdown.complete"
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "error"),
+    [
+        ("max_pending", 0, ValueError),
+        ("max_pending", 1.5, TypeError),
+        ("detached", "false", TypeError),
+    ],
+)
+def test_bad_engine_settings_are_rejected(name: str, value: Any, error: type[Exception]) -> None:
+    with pytest.raises(error, match=name):
+        BackgroundTasksMiddleware(sending(START, BODY), **{name: value})
+
+
+@pytest.mark.parametrize("detached", [False, True])
+async def test_queued_sync_work_gets_more_threads_while_it_waits(detached: bool) -> None:
+    # Each task takes 30 ms: under the old rule (a batch must run 50 ms before another worker
+    # starts) all of them shared one thread. Now waiting work brings more workers.
+    import threading
+    import time
+
+    threads: set[int] = set()
+
+    def short_io() -> None:
+        threads.add(threading.get_ident())
+        time.sleep(0.03)
+
+    async def endpoint(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        get_background_tasks(scope).add_task(short_io)
+        await Response(b"ok")(scope, receive, send)
+
+    app = BackgroundTasksMiddleware(lifespan_app([], endpoint), detached=detached)
+    async with Lifespan(app).running() as lifespan:
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as group:
+                for _ in range(30):
+                    group.start_soon(app, http_scope(), no_receive, Recorder())
+            await app.wait_idle()
+        assert await lifespan.step("shutdown") == "lifespan.shutdown.complete"
+    assert len(threads) > 1
+
+
+async def test_wait_idle_returns_once_detached_work_is_done() -> None:
+    log: list[str] = []
+    release = anyio.Event()
+    app = BackgroundTasksMiddleware(
+        lifespan_app(log, waiting_endpoint(release, log)), detached=True
+    )
+    async with Lifespan(app).running() as lifespan:
+        await app(http_scope(), no_receive, Recorder())
+        async with anyio.create_task_group() as group:
+            group.start_soon(app.wait_idle)
+            await anyio.wait_all_tasks_blocked()
+            assert log == ["app lifespan.startup"]
+            release.set()
+        assert log == ["app lifespan.startup", "task done"]
+        assert await lifespan.step("shutdown") == "lifespan.shutdown.complete"

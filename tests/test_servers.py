@@ -68,6 +68,22 @@ def test_sigterm_loses_no_background_work(server: str, app: str, tmp_path: Path)
     assert done == TASK_COUNT, (tmp_path / f"{server}.log").read_text()
 
 
+@pytest.mark.parametrize("app", ["server_app:bounded_attached", "server_app:bounded_detached"])
+def test_shutdown_ends_on_time_with_a_sync_task_stuck_in_io(app: str, tmp_path: Path) -> None:
+    # The task sleeps 120 s; shutdown_timeout is 1 s. Joining its thread would keep the
+    # server alive for two minutes; the process must exit long before that. uvicorn waits for
+    # running calls before lifespan shutdown, without limit by default: attached mode is
+    # bounded by its --timeout-graceful-shutdown, then shutdown_timeout of grace.
+    with serve("uvicorn", app, tmp_path, args=["--timeout-graceful-shutdown", "1"]) as running:
+        with running.connect() as connection:
+            assert connection.get("/block-sync?name=stuck")[0] == 200
+        wait_for((tmp_path / "stuck.started").exists, "the task to start")
+        running.terminate()
+        running.wait_exit(timeout=30)
+        assert "server_app.block_in_io" in running.log
+        assert not (tmp_path / "stuck.done").exists()
+
+
 def test_detached_mode_on_daphne_fails_loudly(tmp_path: Path) -> None:
     with serve("daphne", "server_app:detached", tmp_path) as running, running.connect() as conn:
         status, _, _ = conn.get("/wait?name=never")
