@@ -5,7 +5,10 @@ Three implementations answer the same request and run the same no-op tasks:
 * floor: a hand-written raw ASGI app that sends start and body, then calls the tasks itself
   (async ones awaited, sync ones called inline on the loop: the least any primitive could do);
 * starlette: ``starlette.responses.Response`` with ``starlette.background.BackgroundTasks``;
-* bgtasks: ``bgtasks.Response`` with ``bgtasks.BackgroundTasks``.
+* bgtasks: ``bgtasks.Response`` with ``bgtasks.BackgroundTasks``;
+* mw attached / mw detached: a raw ASGI app wrapped in ``BackgroundTasksMiddleware`` that adds
+  the tasks with ``get_background_tasks(scope)``. Each call gets a fresh scope dict, as from a
+  server. The detached clock stops only once ``wait_idle()`` says all its work has run.
 
 Each request builds its tasks and response from scratch, as an endpoint would. Variants and
 implementations are interleaved within each repeat, and the figure is the median over repeats
@@ -57,6 +60,35 @@ VARIANTS: dict[str, list[Callable[[], Any]]] = {
     "10 sync": [sync_noop] * 10,
     "mixed 5+5": [async_noop, sync_noop] * 5,
 }
+# The middleware paths, one instance per variant; detached ones run inside a real lifespan.
+START = {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"13")]}
+BODY_MESSAGE = {"type": "http.response.body", "body": b"Hello, world!"}
+
+
+def _endpoint(funcs: list[Callable[[], Any]]) -> Any:
+    async def app(scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                await send({"type": message["type"] + ".complete"})
+                if message["type"] == "lifespan.shutdown":
+                    return
+        if funcs:
+            tasks = bgtasks.get_background_tasks(scope)
+            for func in funcs:
+                tasks.add_task(func)
+        await send(START)
+        await send(BODY_MESSAGE)
+
+    return app
+
+
+MIDDLEWARE = {
+    (mode, variant): bgtasks.BackgroundTasksMiddleware(funcs_app, detached=mode == "detached")
+    for mode in ("attached", "detached")
+    for variant, funcs in VARIANTS.items()
+    for funcs_app in [_endpoint(funcs)]
+}
 BODY = b"Hello, world!"
 
 
@@ -93,42 +125,89 @@ async def with_bgtasks(funcs: list[Callable[[], Any]]) -> None:
     await bgtasks.Response(BODY, background=tasks)(SCOPE, receive, send)
 
 
+def _through(mode: str) -> Callable[[str], Awaitable[None]]:
+    async def run(variant: str) -> None:
+        await MIDDLEWARE[mode, variant](dict(SCOPE), receive, send)
+
+    return run
+
+
 IMPLEMENTATIONS: dict[str, Callable[[list[Callable[[], Any]]], Awaitable[None]]] = {
     "floor": floor,
     "starlette": with_starlette,
     "bgtasks": with_bgtasks,
 }
+MIDDLEWARE_IMPLEMENTATIONS = {
+    "mw attached": _through("attached"),
+    "mw detached": _through("detached"),
+}
+NAMES = [*IMPLEMENTATIONS, *MIDDLEWARE_IMPLEMENTATIONS]
 
 
 def calls_for(variant: str, implementation: str) -> int:
     if "sync" in variant and implementation == "starlette":
         return 60 if variant.startswith("10") or "mixed" in variant else 300
-    if "sync" in variant and implementation == "bgtasks":
+    if "sync" in variant and implementation != "floor":
         return 400
     return 3000
 
 
 async def sample(implementation: str, variant: str) -> float:
-    run, funcs, calls = (
-        IMPLEMENTATIONS[implementation],
-        VARIANTS[variant],
-        calls_for(variant, implementation),
-    )
+    calls = calls_for(variant, implementation)
+    if implementation in MIDDLEWARE_IMPLEMENTATIONS:
+        through = MIDDLEWARE_IMPLEMENTATIONS[implementation]
+        middleware = MIDDLEWARE[implementation.removeprefix("mw "), variant]
+
+        async def call() -> None:
+            await through(variant)
+
+    else:
+        run, funcs = IMPLEMENTATIONS[implementation], VARIANTS[variant]
+        middleware = None
+
+        async def call() -> None:
+            await run(funcs)
+
     for _ in range(calls // 10):  # warm up
-        await run(funcs)
+        await call()
+    if middleware is not None:
+        await middleware.wait_idle()
     start = time.perf_counter()
     for _ in range(calls):
-        await run(funcs)
+        await call()
+    if middleware is not None:
+        await middleware.wait_idle()  # detached work counts until it has run
     return (time.perf_counter() - start) / calls * 1e6
+
+
+async def _lifespan(app: Any, stop: anyio.Event) -> None:
+    """Play the server's side of lifespan: startup now, shutdown once ``stop`` is set."""
+    started = False
+
+    async def lifespan_receive() -> dict[str, Any]:
+        nonlocal started
+        if not started:
+            started = True
+            return {"type": "lifespan.startup"}
+        await stop.wait()
+        return {"type": "lifespan.shutdown"}
+
+    await app({"type": "lifespan", "state": {}}, lifespan_receive, send)
 
 
 async def measure(repeats: int) -> dict[tuple[str, str], float]:
     samples: dict[tuple[str, str], list[float]] = {}
-    for _ in range(repeats):
-        for variant in VARIANTS:
-            for implementation in IMPLEMENTATIONS:
-                value = await sample(implementation, variant)
-                samples.setdefault((variant, implementation), []).append(value)
+    stop = anyio.Event()
+    async with anyio.create_task_group() as group:
+        for app in MIDDLEWARE.values():
+            group.start_soon(_lifespan, app, stop)
+        await anyio.wait_all_tasks_blocked()
+        for _ in range(repeats):
+            for variant in VARIANTS:
+                for implementation in NAMES:
+                    value = await sample(implementation, variant)
+                    samples.setdefault((variant, implementation), []).append(value)
+        stop.set()
     return {key: statistics.median(values) for key, values in samples.items()}
 
 
@@ -152,14 +231,17 @@ def main() -> None:
         print(f"**{loop}**\n")
         print(
             "| variant | floor µs | Starlette µs | bgtasks µs "
-            "| bgtasks ÷ floor | bgtasks ÷ Starlette |"
+            "| bgtasks ÷ floor | bgtasks ÷ Starlette "
+            "| mw attached µs (÷ Starlette) | mw detached µs (÷ Starlette) |"
         )
-        print("|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|")
         for variant in VARIANTS:
-            base, theirs, ours = (results[variant, name] for name in IMPLEMENTATIONS)
+            base, theirs, ours, attached, detached = (results[variant, name] for name in NAMES)
             print(
                 f"| {variant} | {base:.2f} | {theirs:.2f} | {ours:.2f} | "
-                f"{ours / base:.2f}× | {ours / theirs:.2f}× |"
+                f"{ours / base:.2f}× | {ours / theirs:.2f}× | "
+                f"{attached:.2f} ({attached / theirs:.2f}×) | "
+                f"{detached:.2f} ({detached / theirs:.2f}×) |"
             )
         print(flush=True)
 

@@ -458,6 +458,7 @@ class _Runner:
         self.watching = False
         self.kick: Signal | None = None
         key = engine.key
+        self.token = anyio.lowlevel.current_token()  # lets tasks use anyio.from_thread
         loop = engine.loop
         if loop is not None:
             self.call_soon: Callable[[Callable[[], None]], object] = loop.call_soon
@@ -573,6 +574,19 @@ class _Runner:
             self._call_on_loop(loop_done.set)
 
     def _drain(self) -> None:
+        # What anyio.to_thread does for its own workers, so that anyio.from_thread.run and
+        # run_sync work in sync tasks as they do under Starlette. anyio keeps the token in a
+        # private thread-local; no public call sets it for a thread anyio did not start.
+        from anyio._core._eventloop import threadlocals
+
+        threadlocals.current_token = self.token
+        if self.engine.loop is None:
+            # On trio, anyio then asks trio, which looks in its own private thread-local. Fill
+            # it as for an explicit token: calls run in trio's system nursery.
+            from trio._threads import PARENT_TASK_DATA
+
+            PARENT_TASK_DATA.token = self.engine.key  # type: ignore[assignment]
+            PARENT_TASK_DATA.abandon_on_cancel = True
         me = threading.get_ident()
         bell = threading.Lock()  # held; the loop releases it to wake this worker
         bell.acquire()

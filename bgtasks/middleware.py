@@ -60,6 +60,12 @@ def get_background_tasks(scope: Scope) -> BackgroundTasks:
     try:
         tasks: BackgroundTasks = scope[SCOPE_KEY]
     except KeyError:
+        if scope.get("type") != "http":
+            raise RuntimeError(
+                f"background tasks belong to HTTP requests; this is a {scope.get('type')!r} "
+                f"scope, which has none. Run the work in the handler itself, or start it from "
+                f"an HTTP endpoint."
+            ) from None
         raise RuntimeError(
             "this request has no background tasks: wrap the ASGI app with "
             "BackgroundTasksMiddleware(app)"
@@ -134,7 +140,6 @@ class BackgroundTasksMiddleware:
             await self._http(scope, receive, send)
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        detached = self.detached and self._lifespan is _RUNNING
         if self.detached and self._lifespan is _NOT_STARTED:
             raise RuntimeError(
                 "BackgroundTasksMiddleware(detached=True) needs the ASGI lifespan protocol, and "
@@ -161,33 +166,51 @@ class BackgroundTasksMiddleware:
 
         try:
             await self.app(scope, receive, tracking_send)
-        except BaseException:
-            if tasks:
-                log_dropped(tasks, "the app raised, so its request's background tasks were dropped")
+        except BaseException as exc:
+            if not tasks._tasks:
+                raise
+            if complete and isinstance(exc, anyio.get_cancelled_exc_class()):
+                # The server cancelled the call after the response was delivered: the work
+                # happened, so it gets its grace period.
+                job = self._submit(tasks)
+                await self._grace(job)
+                raise
+            if complete and isinstance(exc, OSError):
+                await self._hand_off(tasks)  # the client left, as in Response
+                raise
+            log_dropped(tasks, "the app raised, so its request's background tasks were dropped")
             raise
-        if not tasks:
+        if not tasks._tasks:
+            tasks._closed = True
             return
         if not complete:
             log_dropped(tasks, "the app returned without completing its response; tasks dropped")
             return
+        await self._hand_off(tasks)
+
+    def _submit(self, tasks: BackgroundTasks, signal: bool = False) -> Run:
+        engine = current_engine()
+        job = Run(tasks)
+        if signal:
+            job.signal = engine.signal()
+        self._work.add(job)
+        engine.submit(job)
+        return job
+
+    async def _hand_off(self, tasks: BackgroundTasks) -> None:
         work = self._work
-        if detached:
+        if self.detached and self._lifespan is _RUNNING:  # judged now: the request may be late
             if len(work) >= self.max_pending:
                 await work.wait_room(self.max_pending)  # back-pressure, never a drop
-            job = Run(tasks)
-            work.add(job)
-            current_engine().submit(job)
+            self._submit(tasks)
             return
         # Attached (or detached after shutdown began): the call waits for its work, which runs
         # on the engine, outside this task, so that a server's cancellation of the call starts
         # a grace period instead of cancelling the work.
-        engine = current_engine()
-        job = Run(tasks)
-        signal = job.signal = engine.signal()
-        work.add(job)
-        engine.submit(job)
+        job = self._submit(tasks, signal=True)
+        assert job.signal is not None
         try:
-            await signal.wait()
+            await job.signal.wait()
         except BaseException:
             await self._grace(job)
             raise
@@ -225,7 +248,11 @@ class BackgroundTasksMiddleware:
         except Exception:
             if received_any:  # the app speaks lifespan and failed in it: the server reports it
                 raise
-            logger.info("the app does not support lifespan; bgtasks completes it instead")
+            logger.warning(
+                "the app raised on the lifespan scope before receiving any message; bgtasks "
+                "treats it as an app without lifespan support and completes lifespan itself",
+                exc_info=True,
+            )
             await self._answer_lifespan(lifespan_receive, send)
         else:
             if not received_any:

@@ -15,13 +15,11 @@ from ._types import Receive, Scope, Send
 from .tasks import (
     BackgroundTask,
     BackgroundTasks,
-    Failure,
-    _is_async_callable,
-    _run_in_order,
+    is_async_callable,
     log_dropped,
-    log_failures,
     logger,
     run_background,
+    run_tasks,
 )
 
 __all__ = ["Response"]
@@ -171,7 +169,8 @@ class Response:
         if background is not None and not (
             type(background) is BackgroundTasks
             or type(background) is BackgroundTask
-            or _is_async_callable(background)
+            or isinstance(background, (BackgroundTasks, BackgroundTask))
+            or is_async_callable(background)
         ):
             raise TypeError(
                 f"background must be an async callable with no arguments, such as "
@@ -210,11 +209,7 @@ class Response:
                 )
             raise
         background = self.background
-        if type(background) is BackgroundTasks and background.concurrency == 1:
-            # The common case inline, one coroutine frame less than run_background.
-            failures: list[Failure] = []
-            await _run_in_order(background._tasks, failures)
-            if failures:
-                log_failures(failures)
+        if type(background) is BackgroundTasks:
+            await run_tasks(background)  # the common case, one call less
         elif background is not None:
             await run_background(background)

@@ -7,14 +7,23 @@ Theory of operation:
   Every other callable is *sync*: it runs in a worker thread (see ``_engine``). A sync callable
   that returns an awaitable (``lambda: notify(x)``) has that awaitable awaited on the loop.
 * A task snapshots the contextvars when it is created, like ``loop.call_soon``. Async tasks run
-  in that snapshot without a new task: ``_run_in_order`` steps each coroutine inside
+  in that snapshot without a new task: ``_drive`` steps each coroutine inside
   ``Context.run``, which is what asyncio does for every Task step, for the price of a call.
-* ``BackgroundTasks`` walks its list by index, so tasks added while it runs (even by a running
-  task) run too, in the order they were added. Consecutive sync tasks share one thread hop.
-* A task's ``Exception`` is kept and the next task runs. Only after the last one does the call
-  raise: the exception itself when one task failed, a flat ExceptionGroup when several did.
-* Anything else (cancellation, KeyboardInterrupt) propagates at once; before it does, one
-  warning on the ``bgtasks`` logger names every task that was cancelled or never started.
+  A lone ``BackgroundTask`` may be run many times, even at once: each run gets its own copy.
+* ``BackgroundTasks`` is a list with a cursor. A run *claims* tasks at the cursor, one async
+  task or a stretch of consecutive sync tasks (one thread hop) at a time, so every task runs at
+  most once however many runs there are, and tasks added while it runs (even by a running
+  task) run too, in order. Once a run has ended, the list is closed: ``add_task`` raises.
+* Whatever a task's own code raises (any BaseException) is a failure of that task: kept, and
+  the next task runs. Only after the last one does the call raise: the exception itself when
+  one task failed, a flat ExceptionGroup when several did. What is not an Exception is
+  wrapped in a RuntimeError whose ``__cause__`` it is.
+* A cancellation of the run (asyncio's thrown in by the loop, any trio.Cancelled), and
+  KeyboardInterrupt or SystemExit raised in an async task, propagate at once; before they do,
+  one warning on the ``bgtasks`` logger names every task that was cancelled or never started.
+  In a worker thread they cannot stop anything, so there they are failures like any other.
+* A chain of tasks that never suspend reaches a checkpoint every ``_CHECKPOINT_EVERY`` tasks,
+  so cancellation and other requests get through.
 """
 
 from __future__ import annotations
@@ -39,6 +48,8 @@ __all__ = ["BackgroundTask", "BackgroundTasks"]
 
 P = ParamSpec("P")
 
+_CHECKPOINT_EVERY = 100  # tasks run in a row without suspending before the driver yields
+
 logger = logging.getLogger("bgtasks")
 
 Failure = tuple["BackgroundTask", Exception]
@@ -55,12 +66,23 @@ def _unwrap_method(func: object) -> object:
     return getattr(func, "__func__", func)
 
 
-def _is_async_callable(func: object) -> bool:
+_GENERATOR_FLAGS = inspect.CO_GENERATOR | inspect.CO_ASYNC_GENERATOR
+
+
+def is_async_callable(func: object) -> bool:
+    """Classify a task: True to await it on the loop, False to call it in a worker thread.
+
+    Generator functions are refused: calling one only makes a generator, its body never runs.
+    """
     kind = type(func)
-    if kind is types.FunctionType or kind is types.MethodType:  # the common case, fast
+    if kind is types.FunctionType or (
+        kind is types.MethodType and type(func.__func__) is types.FunctionType  # type: ignore[attr-defined]
+    ):  # the common case, fast
         code = func.__code__  # type: ignore[attr-defined]
         if code.co_flags & inspect.CO_COROUTINE:
             return True
+        if code.co_flags & _GENERATOR_FLAGS:
+            _reject_generator(func)
         # Python 3.12's inspect.markcoroutinefunction marks sync functions that return
         # coroutines; only then is the slow check needed.
         return hasattr(
@@ -69,6 +91,8 @@ def _is_async_callable(func: object) -> bool:
     func = _unwrap(func)
     if inspect.iscoroutinefunction(func):
         return True
+    if inspect.isgeneratorfunction(func) or inspect.isasyncgenfunction(func):
+        _reject_generator(func)
     if isinstance(func, type):
         return False  # calling a class builds an instance, whatever its __call__ is
     return inspect.iscoroutinefunction(getattr(func, "__call__", None))  # noqa: B004
@@ -86,6 +110,14 @@ def _name_of(func: object) -> str:
     return f"{module}.{qualname}" if module else qualname
 
 
+def _reject_generator(func: object) -> NoReturn:
+    raise TypeError(
+        f"{_name_of(func)} is a generator function: calling it only creates a generator, and "
+        f"its body would never run. Make it a plain (async) function, or pass a function that "
+        f"consumes it, e.g. add_task(list, gen()) or an async def that iterates it."
+    )
+
+
 def reject_non_callable(func: object, where: str) -> NoReturn:
     if inspect.iscoroutine(func):
         func.close()  # it can never be awaited now; closing avoids a second, vaguer warning
@@ -100,52 +132,68 @@ def reject_non_callable(func: object, where: str) -> NoReturn:
 
 
 @types.coroutine
-def _run_in_order(
-    tasks: list[BackgroundTask],
+def _drive(
+    holder: BackgroundTasks,
     failures: list[Failure],
     log_unfinished: bool = True,
-    start: int = 0,
+    index: int = 0,
+    end: int = 0,
     awaitable: Any = None,
 ) -> Generator[Any, Any, None]:
     # The one place tasks run. A generator-based coroutine, so that it can step each task's
     # coroutine inside the task's own context: what a step yields goes to the event loop
     # unchanged, and what the loop sends or throws back goes in unchanged, so this works on
-    # asyncio and trio alike and costs no new task. The list is walked by index, so tasks
-    # appended while it runs are run too.
-    index = start  # tasks[:index] have been started
+    # asyncio and trio alike and costs no new task. tasks[index:end] are claimed by this run
+    # and not started yet; tasks[end:] are claimed at holder._next, as this run gets to them.
+    tasks = holder._tasks
     batch: SyncBatch | None = None
+    task: BackgroundTask | None = tasks[index - 1] if awaitable is not None else None
+    quiet = 0  # tasks finished in a row without suspending
     try:
-        while index < len(tasks) or awaitable is not None:
-            if awaitable is not None:  # returned by tasks[index - 1], a sync task
-                task = tasks[index - 1]
-                context = task.context
-            elif tasks[index].is_async:
+        while True:
+            if awaitable is None:
+                if index == end:  # claim the next async task, or the next stretch of sync ones
+                    index = holder._next
+                    if index >= len(tasks):
+                        break
+                    end = index + 1
+                    if not tasks[index].is_async:
+                        while end < len(tasks) and not tasks[end].is_async:
+                            end += 1
+                    holder._next = end
                 task = tasks[index]
-                context = task.context
-                index += 1
-                try:
-                    # Calling an async callable only creates its coroutine: no user code runs
-                    # yet, so this needs no context. Its steps run in the context, below.
-                    awaitable = task.func(*task.args, **task.kwargs)
-                except Exception as exc:
-                    failures.append((task, exc))
-                    continue
-            else:
-                end = index + 1
-                while end < len(tasks) and not tasks[end].is_async:
-                    end += 1
-                batch = SyncBatch(tasks[index:end])
-                yield from batch.start().__await__()
-                if batch.errors:
-                    failures.extend(batch.errors)
-                index += batch.started
-                awaitable = batch.awaitable  # returned by tasks[index - 1], the batch's last
-                batch = None
-                continue
-            iterator: Any = awaitable if type(awaitable) is _Coroutine else awaitable.__await__()
-            awaitable = None
+                if task.is_async:
+                    index += 1
+                    try:
+                        # Calling an async callable only creates its coroutine: no user code
+                        # runs yet, so this needs no context. Its steps run in it, below.
+                        awaitable = task.func(*task.args, **task.kwargs)
+                    except Exception as exc:
+                        failures.append((task, exc))
+                        continue
+                else:
+                    batch = SyncBatch(tasks[index:end])
+                    yield from batch.start().__await__()
+                    quiet = 0
+                    if batch.errors:
+                        failures.extend(batch.errors)
+                    index += batch.started
+                    awaitable = batch.awaitable  # returned by tasks[index - 1], its last
+                    batch = None
+                    if awaitable is None:
+                        continue
+                    task = tasks[index - 1]
+            assert task is not None
+            context = task.context
+            current, awaitable = awaitable, None
             value: Any = None
             error: BaseException | None = None
+            try:
+                iterator: Any = current if type(current) is _Coroutine else current.__await__()
+            except Exception as exc:
+                failures.append((task, exc))
+                continue
+            suspended = False
             while True:
                 try:
                     if error is None:
@@ -154,9 +202,18 @@ def _run_in_order(
                         yielded = context.run(iterator.throw, error)
                 except StopIteration:
                     break
-                except Exception as exc:
-                    failures.append((task, exc))
+                except BaseException as exc:
+                    if error is not None:
+                        # The loop threw `error` in (asyncio's cancellation of the run): it
+                        # propagates, whatever the task turned it into.
+                        if exc is not error and isinstance(exc, Exception):
+                            failures.append((task, exc))
+                        raise error from None
+                    if _stops_the_run(exc):
+                        raise
+                    failures.append((task, _as_failure(exc)))
                     break
+                suspended = True
                 try:
                     value = yield yielded
                     error = None
@@ -165,21 +222,45 @@ def _run_in_order(
                     raise
                 except BaseException as exc:
                     value, error = None, exc
+            task = None
+            if suspended:
+                quiet = 0
+            else:
+                quiet += 1
+                if quiet >= _CHECKPOINT_EVERY:  # let cancellation and other work through
+                    quiet = 0
+                    yield from anyio.lowlevel.checkpoint().__await__()
     except BaseException:
         if batch is not None:
             batch.stopped = True  # its worker starts no further task of it
+            started = index + batch.started
+            running = tasks[started - 1 : started] if batch.started else []
+        else:
+            started = index
+            running = [task] if task is not None else []
+        if holder._runs <= 1:  # no other run will get to the unclaimed ones
+            end = holder._next = len(tasks)
         if log_unfinished:
-            # Cancellation arrives at a yield: while tasks[index - 1] (async, or the awaitable
-            # a sync task returned) runs, or while a sync batch waits; of that batch only the
-            # last task it started can still be running, the ones before it have finished.
-            if batch is None:
-                started = index
-                running = tasks[index - 1 : index] if index else []
-            else:
-                started = index + batch.started
-                running = tasks[started - 1 : started] if batch.started else []
-            _log_unfinished(running, tasks[started:])
+            _log_unfinished(running, tasks[started:end])
         raise
+
+
+def _stops_the_run(exc: BaseException) -> bool:
+    # trio delivers cancellation as a value the task's own await raises, not by throwing it in;
+    # only trio can create trio.Cancelled, so one is always a cancellation of the run.
+    # KeyboardInterrupt and SystemExit in async code mean "stop the process".
+    if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+        return True
+    trio = sys.modules.get("trio")
+    return trio is not None and isinstance(exc, trio.Cancelled)
+
+
+def _as_failure(exc: BaseException) -> Exception:
+    if isinstance(exc, Exception):
+        return exc
+    error = RuntimeError(f"background task raised {exc!r}")
+    error.__cause__ = exc
+    return error
 
 
 class BackgroundTask:
@@ -188,14 +269,16 @@ class BackgroundTask:
     * Dispatch: coroutine functions, partials of them and objects with an async ``__call__``
       are awaited on the event loop. Any other callable runs in a worker thread, under
       bgtasks' own thread budget (``current_thread_limiter``); if it returns an awaitable,
-      that is awaited on the loop.
+      that is awaited on the loop. In that thread, ``anyio.from_thread.run`` and
+      ``run_sync`` reach the loop, as in an anyio worker thread.
     * Context: the task runs in a copy of the contextvars taken here, at creation, even when
-      it is created in a worker thread.
-    * ``await task()`` runs it once and raises whatever it raised. Cancellation propagates,
-      with a warning naming the task; a sync call already running in its thread cannot be
-      interrupted and finishes there.
+      it is created in a worker thread. ``await task()`` may be repeated, even concurrently:
+      each run gets its own copy, so no run sees another's changes.
+    * ``await task()`` runs it once and raises whatever it raised (a BaseException that is not
+      an Exception, wrapped in RuntimeError). Cancellation propagates, with a warning naming
+      the task; a sync call already running in its thread cannot be interrupted and finishes.
 
-    A non-callable raises TypeError here, not later.
+    A non-callable or a generator function raises TypeError here, not later.
     """
 
     __slots__ = ("func", "args", "kwargs", "is_async", "context", "_name")
@@ -228,8 +311,16 @@ class BackgroundTask:
 
     async def _run_logged(self, log_unfinished: bool = True) -> list[Failure]:
         failures: list[Failure] = []
-        await _run_in_order([self], failures, log_unfinished)
+        await _drive(BackgroundTasks._of([self._copy()]), failures, log_unfinished)
         return failures
+
+    def _copy(self) -> BackgroundTask:
+        # A run of its own: the same call in a fresh copy of the add-time context.
+        copy = object.__new__(BackgroundTask)
+        copy.func, copy.args, copy.kwargs = self.func, self.args, self.kwargs
+        copy.is_async, copy._name = self.is_async, self._name
+        copy.context = self.context.copy()
+        return copy
 
 
 def _fill(
@@ -238,7 +329,7 @@ def _fill(
     task.func = func
     task.args = args
     task.kwargs = kwargs
-    task.is_async = _is_async_callable(func)
+    task.is_async = is_async_callable(func)
     task.context = contextvars.copy_context()  # the snapshot the task will run in
     task._name = None
     return task
@@ -250,30 +341,49 @@ class BackgroundTasks:
     * Order: with ``concurrency=1`` (the default) tasks run one after another, in the order they
       were added, including tasks added while the list is running. Consecutive sync tasks share
       one thread hop.
-    * ``concurrency=N`` runs up to N tasks at once, started in order.
+    * ``concurrency=N`` runs up to N tasks at once, started in order, tasks added while running
+      included.
+    * At most once: every task runs once, however often or concurrently the list is awaited
+      (or passed to several responses); a second await runs only tasks not yet started.
+    * Single use: once a run has ended the list is closed, and ``add_task`` raises
+      RuntimeError instead of adding a task that would never run. Make a new one.
     * Failure: a failing task never stops the others. After all have run, the call raises the
       task's own exception if one failed, or a flat ExceptionGroup of them if several did.
     * Cancellation propagates at once. One warning on the ``bgtasks`` logger names each task
       that was cancelled or never started.
     """
 
-    __slots__ = ("_tasks", "concurrency")
+    __slots__ = ("_tasks", "_next", "_runs", "_closed", "concurrency")
 
     def __init__(self, tasks: Iterable[BackgroundTask] = (), *, concurrency: int = 1) -> None:
         if type(concurrency) is not int:
             raise TypeError(f"concurrency must be an int, got {concurrency!r}")
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, got {concurrency}")
+        if not isinstance(tasks, Iterable) or isinstance(tasks, (str, bytes)):
+            raise TypeError(
+                f"tasks must be an iterable of BackgroundTask objects, got {tasks!r}; "
+                f"for a concurrency limit pass it by name: BackgroundTasks(concurrency=4)"
+            )
         self.concurrency = concurrency
+        self._next = 0  # tasks[:_next] are claimed by a run
+        self._runs = 0
+        self._closed = False
         self._tasks: list[BackgroundTask] = []
-        if tasks:
-            self._tasks.extend(tasks)
-        for task in self._tasks:
+        for task in tasks:
             if not isinstance(task, BackgroundTask):
                 raise TypeError(
                     f"BackgroundTasks takes BackgroundTask objects, got {task!r}; wrap it as "
                     f"BackgroundTask(func, *args) or call add_task(func, *args)."
                 )
+            self._tasks.append(task._copy())  # the same task may sit in several lists
+
+    @classmethod
+    def _of(cls, tasks: list[BackgroundTask]) -> BackgroundTasks:
+        holder = object.__new__(cls)
+        holder.concurrency, holder._next, holder._runs, holder._closed = 1, 0, 0, False
+        holder._tasks = tasks
+        return holder
 
     def add_task(
         self, func: Callable[P, Any], /, *args: P.args, **kwargs: P.kwargs
@@ -281,10 +391,17 @@ class BackgroundTasks:
         """Append ``func(*args, **kwargs)`` and return its BackgroundTask.
 
         Safe to call from a running task, and from a sync endpoint in a worker thread. The
-        contextvars are captured here.
+        contextvars are captured here. Raises TypeError for a non-callable or a generator
+        function, and RuntimeError once the list has run (it is single use).
         """
         if not callable(func):
             reject_non_callable(func, "add_task")
+        if self._closed:
+            raise RuntimeError(
+                f"add_task({_name_of(func)}) on background tasks that have already run: the "
+                f"task would never run. Add tasks before the response is sent (or before "
+                f"awaiting the list), or use a new BackgroundTasks()."
+            )
         # BackgroundTask(func, *args, **kwargs) without packing the arguments a second time:
         # add_task is on every request's path.
         task = _fill(object.__new__(BackgroundTask), func, args, kwargs)
@@ -310,35 +427,71 @@ class BackgroundTasks:
             )
 
     async def _run_logged(self) -> list[Failure]:
-        # Runs every task and returns the failures; the caller raises or logs them.
+        # Runs every unclaimed task and returns the failures; the caller raises or logs them.
         failures: list[Failure] = []
-        if self.concurrency == 1:
-            await _run_in_order(self._tasks, failures)
-        else:
-            await self._run_concurrently(failures)
+        self._runs += 1
+        try:
+            if self.concurrency == 1:
+                await _drive(self, failures)
+            else:
+                await self._run_concurrently(failures)
+        finally:
+            self._end_run()
         return failures
+
+    def _end_run(self) -> None:
+        self._runs -= 1
+        if not self._runs:
+            self._closed = True
+
+    def _close(self, reason: str) -> None:
+        """Close the list without running it (its request failed); name what is dropped."""
+        self._closed = True
+        dropped = self._tasks[self._next :]
+        self._next = len(self._tasks)
+        if dropped:
+            logger.warning(
+                "%s; never started: [%s]", reason, ", ".join(task.name for task in dropped)
+            )
 
     async def _run_concurrently(self, failures: list[Failure]) -> None:
         tasks = self._tasks
         indexed: list[tuple[int, Failure]] = []
         running: dict[int, BackgroundTask] = {}
-        next_index = 0
+        workers = 0
+
+        def top_up() -> None:
+            # Every task claimed has a worker; tasks added while running get workers too.
+            nonlocal workers
+            while workers < self.concurrency and self._next + workers - len(running) < len(
+                tasks
+            ):
+                workers += 1
+                group.start_soon(worker)
 
         async def worker() -> None:
-            nonlocal next_index
-            while next_index < len(tasks):
-                index = next_index
-                next_index += 1
-                task = running[index] = tasks[index]
-                indexed.extend((index, failure) for failure in await task._run_logged(False))
-                del running[index]
+            nonlocal workers
+            try:
+                while self._next < len(tasks):
+                    index = self._next
+                    self._next += 1
+                    task = running[index] = tasks[index]
+                    one = BackgroundTasks._of([task])
+                    one_failures: list[Failure] = []
+                    await _drive(one, one_failures, False)
+                    indexed.extend((index, failure) for failure in one_failures)
+                    del running[index]
+                    top_up()
+            finally:
+                workers -= 1
 
         try:
             async with anyio.create_task_group() as group:
-                for _ in range(min(self.concurrency, len(tasks))):
-                    group.start_soon(worker)
+                top_up()
         except BaseException:
-            _log_unfinished(list(running.values()), tasks[next_index:])
+            never = tasks[self._next :]
+            self._next = len(tasks)
+            _log_unfinished(list(running.values()), never)
             raise
         indexed.sort(key=lambda item: item[0])
         failures.extend(failure for _, failure in indexed)
@@ -364,6 +517,9 @@ def task_names(background: Callable[[], Awaitable[Any]]) -> list[str]:
 
 
 def log_dropped(background: Callable[[], Awaitable[Any]], reason: str) -> None:
+    if isinstance(background, BackgroundTasks):
+        background._close(reason)
+        return
     logger.warning("%s; never started: [%s]", reason, ", ".join(task_names(background)))
 
 
@@ -372,19 +528,21 @@ def log_failures(failures: list[Failure]) -> None:
         logger.error("background task %s failed", task.name, exc_info=error)
 
 
+async def run_tasks(tasks: BackgroundTasks) -> None:
+    """Run a BackgroundTasks in this task, inline, and log (never raise) what failed."""
+    if tasks.concurrency == 1 and tasks._next >= len(tasks._tasks) and not tasks._runs:
+        tasks._closed = True  # nothing to run: the common no-task response
+        return
+    log_failures(await tasks._run_logged())
+
+
 async def run_background(background: Callable[[], Awaitable[Any]]) -> None:
     """Run a response's background and log, never raise, what failed in it."""
-    kind = type(background)
-    if kind is BackgroundTasks or kind is BackgroundTask:
-        if kind is BackgroundTasks and background.concurrency == 1:  # type: ignore[attr-defined]
-            tasks: list[BackgroundTask] = background._tasks  # type: ignore[attr-defined]
-            if not tasks:
-                return
-            failures: list[Failure] = []
-            await _run_in_order(tasks, failures)
-        else:
-            failures = await background._run_logged()  # type: ignore[attr-defined]
-        log_failures(failures)
+    if isinstance(background, BackgroundTasks):
+        await run_tasks(background)
+        return
+    if isinstance(background, BackgroundTask):
+        log_failures(await background._run_logged())
         return
     [name] = task_names(background)
     try:
@@ -399,45 +557,56 @@ async def run_background(background: Callable[[], Awaitable[Any]]) -> None:
 class Run(Job):
     """A BackgroundTasks handed to the engine: one request's work, run once, in order."""
 
-    __slots__ = ("tasks", "resume_at", "awaitable")
+    __slots__ = ("tasks", "index", "end", "awaitable")
 
     def __init__(self, tasks: BackgroundTasks) -> None:
-        super().__init__()
+        Job.__init__(self)
         self.tasks = tasks
-        self.resume_at = 0  # tasks[:resume_at] ran in the threads
-        self.awaitable: Any = None  # returned there by tasks[resume_at - 1]
+        tasks._runs += 1
+        self.index = self.end = 0  # claimed by the thread batch: tasks[index:end]
+        self.awaitable: Any = None  # returned there by tasks[index - 1]
 
     def sync_calls(self) -> Sequence[BackgroundTask] | None:
         tasks = self.tasks
         if tasks.concurrency != 1:
             return None
-        for task in tasks._tasks:
+        start = tasks._next
+        calls = tasks._tasks[start:]
+        for task in calls:
             if task.is_async:
                 return None
-        return tasks._tasks
+        self.index = start
+        self.end = tasks._next = len(tasks._tasks)
+        return calls
 
     def batch_done(self, batch: SyncBatch) -> bool:
         if batch.errors:
             log_failures(batch.errors)
-        self.resume_at = batch.started
+        self.index += batch.started
         self.awaitable = batch.awaitable
         # Finished, unless a task returned an awaitable or added tasks while it ran.
-        return self.awaitable is None and batch.started >= len(self.tasks._tasks)
+        return self.awaitable is None and self.tasks._next >= len(self.tasks._tasks)
 
     async def run(self) -> None:
         tasks = self.tasks
         failures: list[Failure] = []
-        if self.resume_at or tasks.concurrency == 1:
-            await _run_in_order(tasks._tasks, failures, True, self.resume_at, self.awaitable)
+        if tasks.concurrency == 1:
+            await _drive(tasks, failures, True, self.index, self.end, self.awaitable)
         else:
             failures = await tasks._run_logged()
         log_failures(failures)
 
+    def settle(self) -> None:
+        if not self.settled:
+            self.tasks._end_run()
+        Job.settle(self)
+
     def abandon(self, reason: str) -> None:
         tasks = self.tasks._tasks
         batch = self.batch
-        started = batch.started if batch is not None else self.resume_at
-        running = tasks[started - 1 : started] if batch is not None and started else []
+        started = self.index + (batch.started if batch is not None else 0)
+        running = tasks[started - 1 : started] if batch is not None and batch.started else []
+        self.tasks._next = len(tasks)
         logger.warning(
             "%s; cancelled: [%s]; never started: [%s]",
             reason,

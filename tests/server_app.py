@@ -46,6 +46,15 @@ def fail_on_purpose(name: str) -> None:
     raise RuntimeError(f"task {name} failed on purpose")
 
 
+class Custom(BaseException):
+    pass
+
+
+async def fail_with_base_exception(name: str) -> None:
+    (DIR / f"{name}.ran").write_text("ran")
+    raise Custom(f"task {name} raised a BaseException on purpose")
+
+
 async def lifespan(receive: Receive, send: Send) -> None:
     while True:
         message = await receive()
@@ -89,6 +98,8 @@ async def raw_endpoint(scope: Scope, receive: Receive, send: Send) -> None:
         tasks.add_task(wait_for_flag, name)
     elif scope["path"] == "/fail":
         tasks.add_task(fail_on_purpose, name)
+    elif scope["path"] == "/fail-base":
+        tasks.add_task(fail_with_base_exception, name)
     elif scope["path"] == "/block-sync":
         tasks.add_task(block_in_io, name)
     elif scope["path"] == "/sleep":

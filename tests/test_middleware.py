@@ -515,3 +515,129 @@ async def test_wait_idle_returns_once_detached_work_is_done() -> None:
             release.set()
         assert log == ["app lifespan.startup", "task done"]
         assert await lifespan.step("shutdown") == "lifespan.shutdown.complete"
+
+
+# Nothing escapes, nothing vanishes
+
+
+class Custom(BaseException):
+    pass
+
+
+async def raises_custom() -> None:
+    raise Custom("escaped?")
+
+
+async def test_base_exception_in_detached_work_spares_other_requests_and_the_lifespan(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    log: list[str] = []
+    release = anyio.Event()
+
+    async def endpoint(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["path"] == "/bad":
+            get_background_tasks(scope).add_task(raises_custom)
+        else:
+            get_background_tasks(scope).add_task(waiting_then, release, log)
+        await Response(b"ok")(scope, receive, send)
+
+    app = BackgroundTasksMiddleware(lifespan_app(log, endpoint), detached=True)
+    async with Lifespan(app).running() as lifespan:
+        await app(http_scope(path="/slow"), no_receive, Recorder())
+        await app(http_scope(path="/bad"), no_receive, Recorder())
+        await anyio.wait_all_tasks_blocked()
+        release.set()
+        await app.wait_idle()
+        assert await lifespan.step("shutdown") == "lifespan.shutdown.complete"
+    assert log == ["app lifespan.startup", "slow task done", "app lifespan.shutdown"]
+    assert "test_middleware.raises_custom failed" in caplog.text
+
+
+async def waiting_then(release: anyio.Event, log: list[str]) -> None:
+    await release.wait()
+    log.append("slow task done")
+
+
+async def test_detached_request_completing_after_lifespan_ended_still_runs_its_tasks() -> None:
+    log: list[str] = []
+    respond = anyio.Event()
+
+    async def endpoint(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        get_background_tasks(scope).add_task(record, log, "late task")
+        await respond.wait()  # the request began before shutdown and ends after it
+        await Response(b"ok")(scope, receive, send)
+
+    app = BackgroundTasksMiddleware(lifespan_app(log, endpoint), detached=True)
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as requests:
+            async with Lifespan(app).running() as lifespan:
+                requests.start_soon(app, http_scope(), no_receive, Recorder())
+                await anyio.wait_all_tasks_blocked()
+                assert await lifespan.step("shutdown") == "lifespan.shutdown.complete"
+            respond.set()
+    assert log[-1] == "late task"
+
+
+async def test_add_task_after_the_requests_tasks_ran_raises() -> None:
+    seen: list[Any] = []
+
+    async def endpoint(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        seen.append(get_background_tasks(scope))
+        await Response(b"ok")(scope, receive, send)
+
+    app = BackgroundTasksMiddleware(endpoint)
+    await app(http_scope(), no_receive, Recorder())
+    with pytest.raises(RuntimeError, match="already run"):
+        seen[0].add_task(record, [], "late")
+
+
+async def test_cancellation_after_a_complete_response_gives_the_work_its_grace_period() -> None:
+    log: list[str] = []
+    request = anyio.CancelScope()
+    app_holds = anyio.Event()
+
+    async def endpoint(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        get_background_tasks(scope).add_task(record, log, "task")
+        await Response(b"ok")(scope, receive, send)
+        app_holds.set()
+        await anyio.sleep_forever()  # still running when the server gives up on it
+
+    app = BackgroundTasksMiddleware(endpoint, shutdown_timeout=10)
+
+    async def serve_request() -> None:
+        with request:
+            await app(http_scope(), no_receive, Recorder())
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as group:
+            group.start_soon(serve_request)
+            await app_holds.wait()
+            request.cancel()
+    assert request.cancelled_caught
+    assert log == ["task"]
+
+
+async def test_oserror_from_send_propagated_by_the_app_still_runs_the_tasks() -> None:
+    log: list[str] = []
+    app = BackgroundTasksMiddleware(sending(START, BODY, log=log))
+    with pytest.raises(OSError):
+        await app(http_scope(), no_receive, Recorder(error=OSError("client gone")))
+    assert log == ["task"]
+
+
+def test_get_background_tasks_in_a_websocket_scope_says_there_are_none() -> None:
+    with pytest.raises(RuntimeError, match="'websocket' scope, which has none"):
+        get_background_tasks({"type": "websocket"})
+
+
+async def test_lifespan_error_before_the_first_receive_is_logged_with_its_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def raw(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        raise ValueError("startup went wrong")
+
+    app = BackgroundTasksMiddleware(raw)
+    async with Lifespan(app).running() as lifespan:
+        assert await lifespan.step("shutdown") == "lifespan.shutdown.complete"
+    [warning] = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert warning.exc_info is not None and "startup went wrong" in str(warning.exc_info[1])

@@ -208,3 +208,32 @@ async def test_foreign_awaitable_background_runs_and_its_failure_is_logged(
 
     await Response(b"ok", background=Foreign())(http_scope(), no_receive, Recorder())
     assert "Foreign failed" in caplog.text
+
+
+async def test_background_tasks_subclass_with_several_tasks_runs_them_all() -> None:
+    class AuditedTasks(BackgroundTasks):
+        pass
+
+    log: list[str] = []
+
+    async def note(item: str) -> None:
+        log.append(item)
+
+    tasks = AuditedTasks()
+    tasks.add_task(note, "one")
+    tasks.add_task(note, "two")
+    await Response(b"ok", background=tasks)(http_scope(), no_receive, Recorder())
+    assert log == ["one", "two"]
+
+
+async def test_same_tasks_passed_to_two_responses_run_once() -> None:
+    log: list[str] = []
+
+    async def send_email() -> None:
+        log.append("email")
+
+    tasks = BackgroundTasks()
+    tasks.add_task(send_email)
+    for _ in range(2):
+        await Response(b"ok", background=tasks)(http_scope(), no_receive, Recorder())
+    assert log == ["email"]

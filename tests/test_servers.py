@@ -62,6 +62,20 @@ def test_failing_task_leaves_the_keep_alive_connection_usable(
         assert (status, body) == (200, b"ok /ping")
 
 
+@pytest.mark.parametrize("app", ["server_app:attached", "server_app:detached"])
+def test_base_exception_in_a_task_leaves_the_keep_alive_connection_usable(
+    app: str, tmp_path: Path
+) -> None:
+    with serve("uvicorn", app, tmp_path) as running, running.connect() as connection:
+        assert connection.get("/fail-base?name=base")[0] == 200
+        wait_for(lambda: "fail_with_base_exception failed" in running.log, "the error log")
+        status, _, body = connection.get("/ping")
+        assert (status, body) == (200, b"ok /ping")
+        assert connection.get("/wait?name=after")[0] == 200  # later work still runs
+        (tmp_path / "after.go").touch()
+        wait_for((tmp_path / "after.done").exists, "the next request's task")
+
+
 @pytest.mark.parametrize(("server", "app"), MIDDLEWARE)
 def test_sigterm_loses_no_background_work(server: str, app: str, tmp_path: Path) -> None:
     done = tasks_surviving_sigterm(server, app, tmp_path, TASK_COUNT, TASK_SECONDS)

@@ -652,3 +652,218 @@ async def test_cancelled_while_a_batch_is_queued_names_no_finished_task_as_cance
     [message] = [r.getMessage() for r in caplog.records if "did not finish" in r.getMessage()]
     assert "cancelled: []" in message
     assert "never started: [test_tasks.append_sync]" in message
+
+
+# Nothing escapes: whatever a task's own code raises is that task's failure
+
+
+class Custom(BaseException):
+    pass
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # a bare future is asyncio's own
+async def test_task_awaiting_its_own_cancelled_future_fails_and_the_next_runs() -> None:
+    import asyncio
+
+    log: list[str] = []
+
+    async def awaits_cancelled_future() -> None:
+        future = asyncio.get_running_loop().create_future()
+        future.cancel()
+        await future
+
+    tasks = BackgroundTasks()
+    tasks.add_task(awaits_cancelled_future)
+    tasks.add_task(append_async, log, "next")
+    with pytest.raises(RuntimeError, match="CancelledError") as caught:
+        await tasks()
+    assert isinstance(caught.value.__cause__, asyncio.CancelledError)
+    assert log == ["next"]
+
+
+@pytest.mark.parametrize("raised", [GeneratorExit(), Custom()])
+async def test_base_exception_of_an_async_task_fails_it_and_the_next_runs(
+    raised: BaseException,
+) -> None:
+    log: list[str] = []
+
+    async def raises() -> None:
+        raise raised
+
+    tasks = BackgroundTasks()
+    tasks.add_task(raises)
+    tasks.add_task(append_async, log, "next")
+    with pytest.raises(RuntimeError, match=type(raised).__name__) as caught:
+        await tasks()
+    assert caught.value.__cause__ is raised
+    assert log == ["next"]
+
+
+async def test_sync_task_returning_an_object_whose_await_raises_is_a_failure() -> None:
+    class BadAwaitable:
+        def __await__(self) -> Any:
+            raise RuntimeError("no awaiting me")
+
+    log: list[str] = []
+    tasks = BackgroundTasks()
+    tasks.add_task(BadAwaitable)
+    tasks.add_task(append_async, log, "next")
+    with pytest.raises(RuntimeError, match="no awaiting me"):
+        await tasks()
+    assert log == ["next"]
+
+
+async def test_keyboard_interrupt_in_an_async_task_propagates() -> None:
+    async def interrupts() -> None:
+        raise KeyboardInterrupt
+
+    tasks = BackgroundTasks()
+    tasks.add_task(interrupts)
+    with pytest.raises(KeyboardInterrupt):
+        await tasks()
+
+
+# Nothing vanishes
+
+
+async def test_add_task_after_the_run_has_ended_raises() -> None:
+    log: list[str] = []
+    tasks = BackgroundTasks()
+    tasks.add_task(append_async, log, "ran")
+    await tasks()
+    with pytest.raises(RuntimeError, match=r"already run.*new BackgroundTasks"):
+        tasks.add_task(append_async, log, "audit")
+    assert log == ["ran"]
+
+
+def sync_generator() -> Any:
+    yield 1
+
+
+async def async_generator() -> Any:
+    yield 1
+
+
+@pytest.mark.parametrize("func", [sync_generator, async_generator])
+def test_generator_functions_are_refused_by_add_task(func: Any) -> None:
+    with pytest.raises(TypeError, match="generator function"):
+        BackgroundTasks().add_task(func)
+
+
+@pytest.mark.parametrize("value", [0, False, 3])
+def test_tasks_argument_that_is_not_an_iterable_is_rejected(value: Any) -> None:
+    with pytest.raises(TypeError, match="concurrency=4"):
+        BackgroundTasks(value)
+
+
+async def test_method_bound_to_a_builtin_is_a_sync_task() -> None:
+    import types
+
+    log: list[Any] = []
+    tasks = BackgroundTasks()
+    tasks.add_task(types.MethodType(list.append, log), "bound")  # type: ignore[arg-type]
+    await tasks()
+    assert log == ["bound"]
+
+
+# Runs that can be repeated safely
+
+
+async def test_one_task_can_run_concurrently_each_run_in_its_own_context() -> None:
+    seen: list[str] = []
+    steps = anyio.Event()
+
+    async def sets_and_reads(tag_var: contextvars.ContextVar[str]) -> None:
+        before = tag_var.get()
+        tag_var.set(f"changed by run {len(seen)}")
+        seen.append(before)
+        await steps.wait()
+
+    task = BackgroundTask(sets_and_reads, request_id)
+    async with anyio.create_task_group() as group:
+        for _ in range(3):
+            group.start_soon(task)
+        await anyio.wait_all_tasks_blocked()
+        steps.set()
+    assert seen == ["unset", "unset", "unset"]  # no run saw another's change
+
+
+async def test_background_tasks_run_each_task_at_most_once() -> None:
+    log: list[str] = []
+    release = anyio.Event()
+
+    async def waits() -> None:
+        await release.wait()
+        log.append("waited")
+
+    tasks = BackgroundTasks()
+    tasks.add_task(waits)
+    tasks.add_task(append_async, log, "second")
+    async with anyio.create_task_group() as group:
+        group.start_soon(tasks)
+        group.start_soon(tasks)  # concurrently: takes only what the first has not started
+        await anyio.wait_all_tasks_blocked()
+        release.set()
+    await tasks()  # once more, after both: nothing left to run
+    assert sorted(log) == ["second", "waited"]
+
+
+async def test_concurrency_includes_tasks_added_while_running() -> None:
+    arrived = 0
+    everyone = anyio.Event()
+    tasks = BackgroundTasks(concurrency=3)
+
+    async def meet() -> None:
+        nonlocal arrived
+        arrived += 1
+        if arrived == 3:
+            everyone.set()
+        await everyone.wait()  # a 3-way barrier: deadlocks if they run one at a time
+
+    async def adds_three() -> None:
+        for _ in range(3):
+            tasks.add_task(meet)
+
+    tasks.add_task(adds_three)
+    with anyio.fail_after(10):
+        await tasks()
+    assert arrived == 3
+
+
+async def test_chain_of_tasks_that_never_suspend_can_be_cancelled() -> None:
+    ran = 0
+    tasks = BackgroundTasks()
+
+    async def again() -> None:
+        nonlocal ran
+        ran += 1
+        if ran < 200_000:  # bounded, so that a regression fails instead of hanging
+            tasks.add_task(again)
+
+    tasks.add_task(again)
+    with anyio.move_on_after(0.05) as scope:
+        await tasks()
+    assert scope.cancelled_caught
+    assert ran < 200_000
+
+
+@pytest.mark.parametrize("which", ["run", "run_sync"])
+async def test_anyio_from_thread_works_inside_a_sync_task(which: str) -> None:
+    import anyio.from_thread
+
+    log: list[str] = []
+
+    async def on_the_loop() -> None:
+        log.append("async on the loop")
+
+    def call_back() -> None:
+        if which == "run":
+            anyio.from_thread.run(on_the_loop)
+        else:
+            anyio.from_thread.run_sync(log.append, "sync on the loop")
+
+    tasks = BackgroundTasks()
+    tasks.add_task(call_back)
+    with anyio.fail_after(10):
+        await tasks()
+    assert log == (["async on the loop"] if which == "run" else ["sync on the loop"])
