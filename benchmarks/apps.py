@@ -7,6 +7,7 @@ names the file, so the harness can count that every task ran.
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 import starlette.background
@@ -93,3 +94,44 @@ bgtasks_none = _app(*_B)
 bgtasks_async = _app(*_B, async_noop)
 bgtasks_write_log = _app(*_B, write_log, with_path=True)
 bgtasks_sync_noop = _app(*_B, sync_noop)
+
+
+# The middleware paths: a raw endpoint that adds its task through get_background_tasks.
+
+
+def _endpoint(func: Any) -> Any:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            return await _lifespan(receive, send)
+        bgtasks.get_background_tasks(scope).add_task(func, scope["path"])
+        await send(START)
+        await send(BODY_MESSAGE)
+
+    return app
+
+
+mw_attached_write_log = bgtasks.BackgroundTasksMiddleware(_endpoint(write_log))
+mw_detached_write_log = bgtasks.BackgroundTasksMiddleware(_endpoint(write_log), detached=True)
+
+
+# Sustained load: a 5 ms sync task per request, a stand-in for a database write.
+
+
+def db_write(message: str) -> None:
+    time.sleep(0.005)
+    write_log(message)
+
+
+def _starlette_db_write() -> Any:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            return await _lifespan(receive, send)
+        task = starlette.background.BackgroundTask(db_write, scope["path"])
+        await starlette.responses.Response(BODY, background=task)(scope, receive, send)
+
+    return app
+
+
+starlette_db_write = _starlette_db_write()
+mw_attached_db_write = bgtasks.BackgroundTasksMiddleware(_endpoint(db_write))
+mw_detached_db_write = bgtasks.BackgroundTasksMiddleware(_endpoint(db_write), detached=True)

@@ -46,6 +46,7 @@ import contextlib
 import contextvars
 import inspect
 import threading
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
@@ -383,7 +384,7 @@ class Work:
 class SyncBatch:
     """Consecutive sync tasks of one job, run in order in one worker thread."""
 
-    __slots__ = ("calls", "job", "started", "stopped", "errors", "awaitable", "done")
+    __slots__ = ("calls", "job", "started", "stopped", "errors", "awaitable", "done", "queued")
 
     def __init__(self, calls: Sequence[Call], job: Job | None = None) -> None:
         self.calls = calls
@@ -393,6 +394,7 @@ class SyncBatch:
         self.errors: list[tuple[Any, Exception]] | None = None  # made on demand
         self.awaitable: Awaitable[Any] | None = None
         self.done: Signal | None = None
+        self.queued = 0.0  # when it was queued, by time.monotonic()
 
     def run(self) -> None:
         # In a worker thread. Nothing may escape: the worker must live on to hand it back.
@@ -475,6 +477,7 @@ class _Runner:
     def submit(self, batch: SyncBatch) -> None:
         # On the loop thread. Under load, workers are woken once per loop iteration, not per
         # batch. A lone batch on an idle runner wakes its worker at once instead.
+        batch.queued = time.monotonic()
         if not self.pending and self.idle and not self.flush_scheduled:
             self.pending.append(batch)
             self._flush()
@@ -497,8 +500,8 @@ class _Runner:
             kick.set()  # no parked worker: the watcher starts one and watches the wait
 
     async def _watch(self) -> None:
-        # Starts workers: one as soon as work waits with none parked, then one more each time
-        # the batch at the head of the queue is still the same one _WAIT seconds later.
+        # Starts workers: one as soon as work waits with none parked, then, every _WAIT
+        # seconds, one more while the oldest queued batch has waited longer than _WAIT.
         limiter = current_thread_limiter()
         try:
             async with anyio.create_task_group() as group:
@@ -509,12 +512,11 @@ class _Runner:
                             await self.kick.wait()
                         self.kick = None
                         self.watching = True
-                        head: SyncBatch | None = None
                         while self.pending:
+                            stale = time.monotonic() - _WAIT
                             with self.lock:
                                 parked = bool(self.idle)
-                                waited = bool(self.pending) and self.pending[0] is head
-                                head = self.pending[0] if self.pending else None
+                                waited = bool(self.pending) and self.pending[0].queued < stale
                             if parked:
                                 self._flush()
                             elif (

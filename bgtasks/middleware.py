@@ -20,7 +20,8 @@ Rules:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
+from typing import Protocol
 
 import anyio
 
@@ -31,10 +32,16 @@ from .tasks import BackgroundTasks, Run, log_dropped, logger
 __all__ = ["BackgroundTasksMiddleware", "get_background_tasks"]
 
 SCOPE_KEY = "bgtasks.tasks"
+MIDDLEWARE_KEY = "bgtasks.middleware"  # the middleware that owns the request, for integrations
 DEFAULT_SHUTDOWN_TIMEOUT = 30.0
 DEFAULT_MAX_PENDING = 1000
 
 _NOT_STARTED, _RUNNING, _ENDED = "not started", "running", "ended"  # lifespan, as seen here
+
+
+def succeeded(status: int) -> bool:
+    """The default ``run_if``: a request's tasks run only when its status is below 400."""
+    return status < 400
 
 # The one table that says when an ASGI response is complete. Each entry maps a message type to
 # a test of (message, trailers announced in http.response.start). Types not listed (start,
@@ -50,13 +57,17 @@ COMPLETES_RESPONSE: dict[str, Callable[[Message, bool], bool]] = {
 }
 
 
-def get_background_tasks(scope: Scope) -> BackgroundTasks:
-    """Return the BackgroundTasks of the request that ``scope`` belongs to.
+def get_background_tasks(request: Scope | HasScope) -> BackgroundTasks:
+    """Return the BackgroundTasks of the request that ``request`` belongs to.
 
-    Pass the scope your framework exposes (``request.scope`` in Starlette, FastAPI, Litestar,
-    Quart, Django and Falcon). The tasks run after the response is complete; see
-    ``BackgroundTasksMiddleware``. Raises RuntimeError when the app is not wrapped.
+    Pass the request object of any framework that exposes the ASGI scope as ``.scope``
+    (Starlette, FastAPI, Litestar, Quart, Django under ASGI, Falcon), or the scope itself. The
+    tasks run after the response is complete; see ``BackgroundTasksMiddleware``.
+
+    Raises RuntimeError when the app is not wrapped, for a websocket scope (which has no
+    background tasks), and for a Django request served over WSGI (which has no ASGI scope).
     """
+    scope = _scope_of(request)
     try:
         tasks: BackgroundTasks = scope[SCOPE_KEY]
     except KeyError:
@@ -71,6 +82,32 @@ def get_background_tasks(scope: Scope) -> BackgroundTasks:
             "BackgroundTasksMiddleware(app)"
         ) from None
     return tasks
+
+
+class HasScope(Protocol):
+    """A framework's request object: anything with the ASGI scope as ``.scope``."""
+
+    @property
+    def scope(self) -> Scope: ...
+
+
+def _scope_of(request: object) -> Scope:
+    if isinstance(request, MutableMapping):
+        return request
+    scope = getattr(request, "scope", None)
+    if isinstance(scope, MutableMapping):
+        return scope
+    if hasattr(request, "META"):  # Django's WSGIRequest: runserver, django.test.Client
+        raise RuntimeError(
+            "this Django request came through WSGI, which has no ASGI scope and no "
+            "background tasks. Serve the project through asgi.py with "
+            "BackgroundTasksMiddleware(get_asgi_application()), and in tests use "
+            "django.test.AsyncClient against that wrapped application (or an ASGI server)."
+        )
+    raise TypeError(
+        f"get_background_tasks needs a request object with an ASGI .scope, or the scope "
+        f"itself; got {request!r}"
+    )
 
 
 class BackgroundTasksMiddleware:
@@ -101,6 +138,7 @@ class BackgroundTasksMiddleware:
         detached: bool = False,
         shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
         max_pending: int = DEFAULT_MAX_PENDING,
+        run_if: Callable[[int], bool] = succeeded,
     ) -> None:
         if not callable(app):
             raise TypeError(f"BackgroundTasksMiddleware needs an ASGI app, got {app!r}")
@@ -116,10 +154,16 @@ class BackgroundTasksMiddleware:
             raise TypeError(f"max_pending must be an int, got {max_pending!r}")
         if max_pending < 1:
             raise ValueError(f"max_pending must be at least 1, got {max_pending}")
+        if not callable(run_if):
+            raise TypeError(
+                f"run_if must be a function of the status code, such as "
+                f"lambda status: status < 500; got {run_if!r}"
+            )
         self.app = app
         self.detached = detached
         self.shutdown_timeout = float(shutdown_timeout)
         self.max_pending = max_pending
+        self.run_if = run_if
         self._work = Work()
         self._lifespan = _NOT_STARTED
 
@@ -142,22 +186,35 @@ class BackgroundTasksMiddleware:
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.detached and self._lifespan is _NOT_STARTED:
             raise RuntimeError(
-                "BackgroundTasksMiddleware(detached=True) needs the ASGI lifespan protocol, and "
-                "this server has not started it. Enable lifespan on the server, or use "
+                "BackgroundTasksMiddleware(detached=True) needs the ASGI lifespan protocol to "
+                "drain its work at shutdown, and lifespan has not reached it: either the server "
+                "runs none (daphne; enable it, e.g. uvicorn --lifespan on), or a framework did "
+                "not pass it on to its middleware (Litestar's middleware=[...]). Install it "
+                "outermost, app = BackgroundTasksMiddleware(app, detached=True), or use "
                 "detached=False."
             )
         tasks = scope[SCOPE_KEY] = BackgroundTasks()
+        scope[MIDDLEWARE_KEY] = self
+        work = self._work
+        max_pending = self.max_pending
         trailers = False
         complete = False
+        status = 0
 
         async def tracking_send(message: Message) -> None:
-            nonlocal trailers, complete
+            nonlocal trailers, complete, status
             kind = message["type"]
             if kind == "http.response.start":
                 trailers = bool(message.get("trailers", False))
+                status = message["status"]
             elif not complete:
                 test = COMPLETES_RESPONSE.get(kind)
                 complete = test is not None and test(message, trailers)
+                if complete and tasks._tasks and len(work) >= max_pending:
+                    # Back-pressure: hold the end of the response until there is room. Holding
+                    # the call's return would not do: servers read the next request on the
+                    # connection as soon as the response is complete.
+                    await work.wait_room(max_pending)
             try:
                 await send(message)
             except OSError:
@@ -186,6 +243,11 @@ class BackgroundTasksMiddleware:
         if not complete:
             log_dropped(tasks, "the app returned without completing its response; tasks dropped")
             return
+        if not self.run_if(status):
+            log_dropped(
+                tasks, f"the response's status {status} fails run_if, so its tasks were dropped"
+            )
+            return
         await self._hand_off(tasks)
 
     def _submit(self, tasks: BackgroundTasks, signal: bool = False) -> Run:
@@ -197,16 +259,14 @@ class BackgroundTasksMiddleware:
         engine.submit(job)
         return job
 
-    async def _hand_off(self, tasks: BackgroundTasks) -> None:
-        work = self._work
-        if self.detached and self._lifespan is _RUNNING:  # judged now: the request may be late
-            if len(work) >= self.max_pending:
-                await work.wait_room(self.max_pending)  # back-pressure, never a drop
-            self._submit(tasks)
-            return
-        # Attached (or detached after shutdown began): the call waits for its work, which runs
-        # on the engine, outside this task, so that a server's cancellation of the call starts
-        # a grace period instead of cancelling the work.
+    async def run(self, tasks: BackgroundTasks) -> None:
+        """Run ``tasks`` now as this middleware's attached work, and return once they ran.
+
+        For integrations that must run a request's tasks at a point of their own (the FastAPI
+        dependency runs them before the request's ``yield`` dependencies close): the work is
+        counted by ``wait_idle`` and the shutdown drain, and if the caller is cancelled it gets
+        the grace period, then is cancelled and named. Failures are logged, never raised.
+        """
         job = self._submit(tasks, signal=True)
         assert job.signal is not None
         try:
@@ -214,6 +274,15 @@ class BackgroundTasksMiddleware:
         except BaseException:
             await self._grace(job)
             raise
+
+    async def _hand_off(self, tasks: BackgroundTasks) -> None:
+        if self.detached and self._lifespan is _RUNNING:  # judged now: the request may be late
+            self._submit(tasks)
+            return
+        # Attached (or detached after shutdown began): the call waits for its work, which runs
+        # on the engine, outside this task, so that a server's cancellation of the call starts
+        # a grace period instead of cancelling the work.
+        await self.run(tasks)
 
     async def _grace(self, job: Run) -> None:
         # Servers cancel a request's call when they shut down (hypercorn after graceful_timeout,

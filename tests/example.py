@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import os
 
-from bgtasks import BackgroundTasks, Response
-from bgtasks._types import Receive, Scope, Send
+from bgtasks import BackgroundTasks, Receive, Response, Scope, Send
 
 LOG_PATH = os.environ.get("BGTASKS_EXAMPLE_LOG", "bgtasks-example.log")
 

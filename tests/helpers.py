@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
+
+import anyio
+
+Message = dict[str, Any]
 
 
 class Recorder:
@@ -51,3 +57,30 @@ def http_scope(method: str = "GET", path: str = "/") -> dict[str, Any]:
         "client": ("127.0.0.1", 1234),
         "server": ("127.0.0.1", 80),
     }
+
+
+class Lifespan:
+    """Plays the server's side of the lifespan protocol against an app."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.to_app, self.app_inbox = anyio.create_memory_object_stream[Message](10)
+        self.to_server, self.server_inbox = anyio.create_memory_object_stream[Message](10)
+
+    async def receive(self) -> Message:
+        return await self.app_inbox.receive()
+
+    async def send(self, message: Message) -> None:
+        await self.to_server.send(message)
+
+    async def step(self, kind: str) -> str:
+        await self.to_app.send({"type": f"lifespan.{kind}"})
+        with anyio.fail_after(10):
+            return str((await self.server_inbox.receive())["type"])
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[Lifespan]:
+        async with anyio.create_task_group() as group:
+            group.start_soon(self.app, {"type": "lifespan", "state": {}}, self.receive, self.send)
+            assert await self.step("startup") == "lifespan.startup.complete"
+            yield self

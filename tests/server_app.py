@@ -16,8 +16,15 @@ from urllib.parse import parse_qs
 
 import anyio
 
-from bgtasks import BackgroundTask, BackgroundTasksMiddleware, Response, get_background_tasks
-from bgtasks._types import Receive, Scope, Send
+from bgtasks import (
+    BackgroundTask,
+    BackgroundTasksMiddleware,
+    Receive,
+    Response,
+    Scope,
+    Send,
+    get_background_tasks,
+)
 
 logging.basicConfig(level=logging.INFO, format="%(name)s %(levelname)s %(message)s")
 

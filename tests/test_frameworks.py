@@ -143,47 +143,13 @@ def falcon_app(probe: Probe) -> App:
 
 
 def django_app(probe: Probe) -> App:
-    import django
-    from django.conf import settings
+    import framework_apps
 
-    if not settings.configured:
-        settings.configure(
-            DEBUG=False,
-            ALLOWED_HOSTS=["*"],
-            ROOT_URLCONF=__name__,
-            SECRET_KEY="test-only",
-            MIDDLEWARE=[],
-            INSTALLED_APPS=[],
-        )
-        django.setup()
+    framework_apps.DJANGO_PROBE[:] = [probe]  # framework_apps configures Django and its urls
     from django.core.handlers.asgi import ASGIHandler
 
-    DJANGO_PROBE[:] = [probe]
+    framework_apps.configure_django()
     return ASGIHandler()  # type: ignore[return-value]
-
-
-DJANGO_PROBE: list[Probe] = []
-
-
-def _django_urls() -> list[Any]:
-    from django.http import HttpRequest, HttpResponse
-    from django.urls import path
-
-    async def async_view(request: HttpRequest) -> HttpResponse:
-        DJANGO_PROBE[0].add(request.scope, "async handler")  # type: ignore[attr-defined]
-        return HttpResponse("ok")
-
-    def sync_view(request: HttpRequest) -> HttpResponse:  # Django runs it in a thread
-        DJANGO_PROBE[0].add(request.scope, "sync handler")  # type: ignore[attr-defined]
-        return HttpResponse("ok")
-
-    return [path("async", async_view), path("sync", sync_view)]
-
-
-def __getattr__(name: str) -> Any:
-    if name == "urlpatterns":  # Django's ROOT_URLCONF is this module; build routes on demand
-        return _django_urls()
-    raise AttributeError(name)
 
 
 FRAMEWORKS = {
@@ -215,3 +181,134 @@ async def test_tasks_added_in_a_handler_run_after_the_response(framework: str) -
 @pytest.mark.parametrize("framework", ASYNCIO_FRAMEWORKS)
 async def test_tasks_added_in_an_asyncio_framework_run_after_the_response(framework: str) -> None:
     await _check(*ASYNCIO_FRAMEWORKS[framework])
+
+
+# Each framework's own middleware hook, through its own test client and a real server
+# (tests/framework_apps.py holds the apps, wired as the README shows).
+
+TEST_CLIENT_BACKENDS = [
+    ("starlette", "asyncio"),
+    ("starlette", "trio"),
+    ("fastapi", "asyncio"),
+    ("fastapi", "trio"),
+    ("litestar", "asyncio"),
+    ("litestar", "trio"),
+    ("quart", "asyncio"),
+    ("falcon", "asyncio"),
+    ("django", "asyncio"),
+]
+
+
+def own_client_get(framework: str, path: str, backend: str) -> int:
+    """GET ``path`` with the framework's own test client (httpx's ASGI transport for Django)."""
+    import framework_apps
+
+    app = getattr(framework_apps, framework)
+    if framework in ("starlette", "fastapi"):
+        from starlette.testclient import TestClient
+
+        with TestClient(app, backend=backend) as client:
+            return int(client.get(path).status_code)
+    if framework == "litestar":
+        from litestar.testing import TestClient as LitestarClient
+
+        with LitestarClient(app, backend=backend) as client:  # type: ignore[arg-type]
+            return int(client.get(path).status_code)
+    if framework == "falcon":
+        import falcon.testing
+
+        return int(falcon.testing.TestClient(app).simulate_get(path).status_code)
+
+    async def over_asgi() -> int:
+        if framework == "quart":
+            response = await app.test_client().get(path)
+            return int(response.status_code)
+        import httpx
+
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+            return int((await c.get(path)).status_code)
+
+    return anyio.run(over_asgi)
+
+
+@pytest.mark.parametrize(("framework", "backend"), TEST_CLIENT_BACKENDS)
+def test_recipe_runs_tasks_of_a_success_in_its_own_test_client(
+    framework: str, backend: str, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import framework_apps
+
+    monkeypatch.setattr(framework_apps, "DIR", tmp_path)
+    assert own_client_get(framework, "/ok?name=good", backend) == 200
+    assert (tmp_path / "good.done").exists()
+
+
+@pytest.mark.parametrize(("framework", "backend"), TEST_CLIENT_BACKENDS)
+def test_recipe_drops_tasks_of_the_frameworks_error_response(
+    framework: str,
+    backend: str,
+    tmp_path: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import framework_apps
+
+    monkeypatch.setattr(framework_apps, "DIR", tmp_path)
+    status = own_client_get(framework, "/fail?name=bad", backend)
+    assert 400 <= status < 500
+    assert not (tmp_path / "bad.done").exists()
+    assert "fails run_if" in caplog.text and "framework_apps.mark_done" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "framework", ["starlette", "fastapi", "litestar", "quart", "falcon", "django"]
+)
+def test_recipe_under_uvicorn(framework: str, tmp_path: Any) -> None:
+    from servers import serve, wait_for
+
+    with serve("uvicorn", f"framework_apps:{framework}", tmp_path) as running:
+        # A connection per request: without CommonMiddleware Django sends chunked bodies,
+        # which this small client does not read.
+        with running.connect() as connection:
+            assert connection.get("/ok?name=good")[0] == 200
+        with running.connect() as connection:
+            assert 400 <= connection.get("/fail?name=bad")[0] < 500
+        wait_for((tmp_path / "good.done").exists, "the success's task")
+        wait_for(lambda: "fails run_if" in running.log, "the drop of the error's task")
+        assert not (tmp_path / "bad.done").exists()
+
+
+def test_detached_where_lifespan_does_not_reach_says_to_install_it_outermost() -> None:
+    from litestar import Litestar, get
+    from litestar.middleware import DefineMiddleware
+    from litestar.testing import TestClient as LitestarClient
+
+    @get("/")
+    async def index() -> str:
+        return "ok"
+
+    app = Litestar(
+        [index],
+        middleware=[DefineMiddleware(BackgroundTasksMiddleware, detached=True)],
+        debug=True,  # the 500 carries the error's text
+    )
+    with LitestarClient(app) as client:
+        response = client.get("/")
+    assert response.status_code == 500
+    assert "Install it outermost" in response.text
+
+
+def test_django_request_over_wsgi_gets_an_error_that_says_asgi_is_required() -> None:
+    import framework_apps
+
+    framework_apps.configure_django()
+    from django.test import RequestFactory
+
+    request = RequestFactory().get("/ok")
+    with pytest.raises(RuntimeError, match=r"WSGI.*AsyncClient|WSGI.*asgi\.py"):
+        get_background_tasks(request)
+
+
+def test_request_object_without_a_scope_is_a_type_error() -> None:
+    with pytest.raises(TypeError, match=r"request object with an ASGI \.scope"):
+        get_background_tasks(object())  # type: ignore[arg-type]

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
 import pytest
-from helpers import Recorder, http_scope, no_receive
+from helpers import Lifespan, Recorder, http_scope, no_receive
 
 from bgtasks import (
     BackgroundTask,
@@ -222,33 +220,6 @@ def test_non_callable_app_is_rejected() -> None:
 # 4. and 5. Lifespan, drain and detached mode
 
 
-class Lifespan:
-    """Plays the server's side of the lifespan protocol against an app."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-        self.to_app, self.app_inbox = anyio.create_memory_object_stream[Message](10)
-        self.to_server, self.server_inbox = anyio.create_memory_object_stream[Message](10)
-
-    async def receive(self) -> Message:
-        return await self.app_inbox.receive()
-
-    async def send(self, message: Message) -> None:
-        await self.to_server.send(message)
-
-    async def step(self, kind: str) -> str:
-        await self.to_app.send({"type": f"lifespan.{kind}"})
-        with anyio.fail_after(10):
-            return str((await self.server_inbox.receive())["type"])
-
-    @asynccontextmanager
-    async def running(self) -> AsyncIterator[Lifespan]:
-        async with anyio.create_task_group() as group:
-            group.start_soon(self.app, {"type": "lifespan", "state": {}}, self.receive, self.send)
-            assert await self.step("startup") == "lifespan.startup.complete"
-            yield self
-
-
 def lifespan_app(log: list[str], endpoint: Any = None) -> Any:
     """An app that speaks lifespan, logging its startup and shutdown, and serves ``endpoint``."""
 
@@ -432,28 +403,25 @@ async def test_grace_period_ends_by_cancelling_and_naming_the_work(
 # The engine: back-pressure, threads that follow the load
 
 
-async def test_detached_backlog_is_bounded_by_max_pending() -> None:
+@pytest.mark.parametrize("detached", [False, True])
+async def test_backlog_is_bounded_by_holding_the_end_of_the_next_response(detached: bool) -> None:
     log: list[str] = []
     release = anyio.Event()
     app = BackgroundTasksMiddleware(
-        lifespan_app(log, waiting_endpoint(release, log)), detached=True, max_pending=2
+        lifespan_app(log, waiting_endpoint(release, log)), detached=detached, max_pending=2
     )
-    returned: list[int] = []
-
-    async def request(number: int) -> None:
-        await app(http_scope(), no_receive, Recorder())
-        returned.append(number)
-
+    sends = [Recorder() for _ in range(3)]
     async with Lifespan(app).running() as lifespan:
         with anyio.fail_after(10):
             async with anyio.create_task_group() as group:
-                for number in range(3):
-                    group.start_soon(request, number)
+                for send in sends:
+                    group.start_soon(app, http_scope(), no_receive, send)
                     await anyio.wait_all_tasks_blocked()
-                # Two requests' work is pending: the third call waits for room, not dropped.
-                assert sorted(returned) == [0, 1]
+                # Two requests' work is pending: the third response is held before its final
+                # body (servers read the next request as soon as a response is complete).
+                assert [send.body for send in sends] == [b"ok", b"ok", b""]
                 release.set()
-            assert sorted(returned) == [0, 1, 2]
+            assert [send.body for send in sends] == [b"ok", b"ok", b"ok"]
             await app.wait_idle()
         assert log.count("task done") == 3
         assert await lifespan.step("shutdown") == "lifespan.shutdown.complete"
@@ -472,10 +440,15 @@ def test_bad_engine_settings_are_rejected(name: str, value: Any, error: type[Exc
         BackgroundTasksMiddleware(sending(START, BODY), **{name: value})
 
 
+@pytest.mark.parametrize("seconds", [0.005, 0.03])
 @pytest.mark.parametrize("detached", [False, True])
-async def test_queued_sync_work_gets_more_threads_while_it_waits(detached: bool) -> None:
-    # Each task takes 30 ms: under the old rule (a batch must run 50 ms before another worker
-    # starts) all of them shared one thread. Now waiting work brings more workers.
+async def test_queued_sync_work_gets_more_threads_while_it_waits(
+    detached: bool, seconds: float
+) -> None:
+    # Tasks of 5 or 30 ms: under the old rule (a batch must run 50 ms before another worker
+    # starts) all of them shared one thread, as they did when the rule watched for the same
+    # batch at the head of the queue (one busy worker keeps moving the head). Now work that
+    # has waited brings more workers.
     import threading
     import time
 
@@ -483,7 +456,7 @@ async def test_queued_sync_work_gets_more_threads_while_it_waits(detached: bool)
 
     def short_io() -> None:
         threads.add(threading.get_ident())
-        time.sleep(0.03)
+        time.sleep(seconds)
 
     async def endpoint(scope: dict[str, Any], receive: Any, send: Any) -> None:
         get_background_tasks(scope).add_task(short_io)
@@ -493,7 +466,7 @@ async def test_queued_sync_work_gets_more_threads_while_it_waits(detached: bool)
     async with Lifespan(app).running() as lifespan:
         with anyio.fail_after(20):
             async with anyio.create_task_group() as group:
-                for _ in range(30):
+                for _ in range(round(0.9 / seconds)):
                     group.start_soon(app, http_scope(), no_receive, Recorder())
             await app.wait_idle()
         assert await lifespan.step("shutdown") == "lifespan.shutdown.complete"
@@ -641,3 +614,34 @@ async def test_lifespan_error_before_the_first_receive_is_logged_with_its_traceb
         assert await lifespan.step("shutdown") == "lifespan.shutdown.complete"
     [warning] = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert warning.exc_info is not None and "startup went wrong" in str(warning.exc_info[1])
+
+
+# run_if: error responses are failed requests
+
+
+@pytest.mark.parametrize(
+    ("status", "run_if", "runs"),
+    [
+        (200, None, True),
+        (399, None, True),
+        (400, None, False),
+        (503, None, False),
+        (404, lambda status: status != 500, True),
+        (500, lambda status: status != 500, False),
+    ],
+)
+async def test_run_if_decides_from_the_status_which_requests_run_their_tasks(
+    status: int, run_if: Any, runs: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    log: list[str] = []
+    start = {**START, "status": status}
+    options = {} if run_if is None else {"run_if": run_if}
+    app = BackgroundTasksMiddleware(sending(start, BODY, log=log), **options)
+    await app(http_scope(), no_receive, Recorder())
+    assert log == (["task"] if runs else [])
+    assert (f"status {status} fails run_if" in caplog.text) is not runs
+
+
+def test_run_if_must_be_callable() -> None:
+    with pytest.raises(TypeError, match="run_if"):
+        BackgroundTasksMiddleware(sending(START, BODY), run_if=400)  # type: ignore[arg-type]
