@@ -41,28 +41,28 @@ Rules:
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import contextvars
-import inspect
+import sys
 import threading
 import time
+import types
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable as AwaitableABC
 from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
-from anyio.lowlevel import RunVar
 
 if TYPE_CHECKING:
+    import asyncio
+
     import trio
 
 DEFAULT_THREAD_LIMIT = 40
 _WAIT = 0.01  # seconds queued sync work may wait before another worker starts
 _LINGER = 10.0  # seconds an idle worker waits for more work before its thread ends
 _KEEP_IDLE = 16  # parked consumers kept per loop; more end instead of parking
-
-_limiter: RunVar[anyio.CapacityLimiter] = RunVar("bgtasks_thread_limiter")
 
 
 def current_thread_limiter() -> anyio.CapacityLimiter:
@@ -78,12 +78,10 @@ def current_thread_limiter() -> anyio.CapacityLimiter:
 
     Must be called from within a running event loop.
     """
-    try:
-        return _limiter.get()
-    except LookupError:
-        limiter = anyio.CapacityLimiter(DEFAULT_THREAD_LIMIT)
-        _limiter.set(limiter)
-        return limiter
+    engine = current_engine()
+    if engine.limiter is None:
+        engine.limiter = anyio.CapacityLimiter(DEFAULT_THREAD_LIMIT)
+    return engine.limiter
 
 
 class Call(Protocol):
@@ -216,11 +214,14 @@ class Engine:
 
     def __init__(self, key: object) -> None:
         self.key = key
-        self.loop = key if isinstance(key, asyncio.AbstractEventLoop) else None
+        self.loop: asyncio.AbstractEventLoop | None = (
+            None if _is_trio_token(key) else key  # type: ignore[assignment]
+        )
         self.pending: deque[Job] = deque()
         self.idle: list[Signal] = []  # parked consumers
         self.waking = 0  # consumers woken or started, not yet at the queue
         self.consumers = 0
+        self.limiter: anyio.CapacityLimiter | None = None  # see current_thread_limiter
         self.threads = _Runner(self)
 
     def signal(self) -> Signal:
@@ -303,9 +304,16 @@ class Engine:
 _engines: dict[object, Engine] = {}
 
 
+def _is_trio_token(key: object) -> bool:
+    trio = sys.modules.get("trio")
+    return trio is not None and isinstance(key, trio.lowlevel.TrioToken)
+
+
 def current_engine() -> Engine:
     """The engine of the running event loop (made on first use)."""
-    key: object = asyncio._get_running_loop()
+    # asyncio is imported only by an app that runs on it: a trio app never pays for it.
+    asyncio = sys.modules.get("asyncio")
+    key: object = asyncio._get_running_loop() if asyncio is not None else None
     if key is None:  # anyio's other backend is trio
         import trio
 
@@ -412,7 +420,7 @@ class SyncBatch:
                 error.__cause__ = exc
                 self._fail(call, error)
                 continue
-            if inspect.isawaitable(result):
+            if result is not None and _is_awaitable(result):
                 self.awaitable = result
                 return
 
@@ -445,6 +453,15 @@ class SyncBatch:
                 engine.resume(job)
 
 
+def _is_awaitable(value: object) -> bool:
+    # inspect.isawaitable, without importing inspect (~4 ms at import time).
+    if isinstance(value, (types.CoroutineType, AwaitableABC)):
+        return True
+    return isinstance(value, types.GeneratorType) and bool(
+        value.gi_code.co_flags & 0x100  # CO_ITERABLE_COROUTINE: a @types.coroutine generator
+    )
+
+
 class _Runner:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -460,6 +477,8 @@ class _Runner:
         self.watching = False
         self.kick: Signal | None = None
         key = engine.key
+        import anyio.lowlevel  # here, not at import: it costs ~4 ms and only runners need it
+
         self.token = anyio.lowlevel.current_token()  # lets tasks use anyio.from_thread
         loop = engine.loop
         if loop is not None:

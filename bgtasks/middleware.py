@@ -5,17 +5,25 @@ Rules:
 1. A request's tasks live in its scope, under ``SCOPE_KEY``. Frameworks copy scopes and run
    handlers in other tasks and threads; a shallow copy of the scope still holds the same
    BackgroundTasks, so ``get_background_tasks(request.scope)`` works wherever the handler runs.
-2. When a response is complete is decided by ``COMPLETES_RESPONSE`` alone (below). The tasks
-   run only if the app returned normally *and* its response was complete. Otherwise the work
-   they stand for did not happen: they are dropped, and one warning names them.
+2. When a response is complete is decided by ``COMPLETES_RESPONSE`` alone (below); whether it
+   succeeded, by ``run_if`` on its status. The tasks run only if the response was complete and
+   succeeded, and the app returned normally, or was cancelled or lost its client (OSError)
+   after the response was complete. Otherwise the work they stand for did not happen: they
+   are dropped, and one warning names them.
 3. Tasks run after the app returns, so an app's own ``Response(background=...)`` (which runs
    inside the app call) always goes first.
-4. Lifespan passes through. The middleware answers startup and shutdown itself for an app that
-   does not speak lifespan. On ``lifespan.shutdown`` it first waits for every background run
-   in flight, up to ``shutdown_timeout``, cancels the rest (naming each task), and only then
-   lets the app's own shutdown begin.
-5. ``detached=True`` runs tasks in a task group owned by lifespan, so the request's ASGI call
-   returns as soon as the response is complete, freeing the server's per-request slot.
+4. Nothing is spawned per request: the work goes to the engine (``_engine``). An attached call
+   waits for it, so a server's cancellation of the call starts a grace period, not a
+   cancellation of the work.
+5. Back-pressure holds the final body of a response that has tasks while ``max_pending``
+   requests' work is in flight: servers read the next request as soon as a response is
+   complete, so holding only the call's return would not slow anyone down.
+6. Lifespan passes through. The middleware answers startup and shutdown itself for an app that
+   does not speak lifespan. On ``lifespan.shutdown`` it first waits for all work in flight, up
+   to ``shutdown_timeout``, gives up the rest (naming each task), and only then lets the app's
+   own shutdown begin.
+7. ``detached=True`` returns the request's call as soon as the response is complete, freeing
+   the server's per-request slot; a request that completes after shutdown began runs attached.
 """
 
 from __future__ import annotations
@@ -113,20 +121,25 @@ def _scope_of(request: object) -> Scope:
 class BackgroundTasksMiddleware:
     """Give every HTTP request a BackgroundTasks, run once its response is complete.
 
-    Inside the app, ``get_background_tasks(request.scope).add_task(func, *args)``.
+    Inside the app, ``get_background_tasks(request).add_task(func, *args)``.
 
     * When: the tasks run after the app returns, if its response was complete (final body,
       pathsend, final zerocopysend, or the last trailers when trailers were announced). The
       app's own ``Response(background=...)`` therefore runs first.
-    * Failed requests: if the app raises or returns without completing its response, the tasks
-      are dropped and one warning names them; the app's exception propagates unchanged.
-    * Failures and cancellation of tasks: as in ``Response``; logged, never raised.
+    * Failed requests: if the app raises, returns without completing its response, or answers
+      with a status ``run_if`` refuses (default: below 400 runs), the tasks are dropped and one
+      warning names them; the app's exception propagates unchanged.
+    * Failures of tasks are logged, never raised, and never touch other requests' work.
+    * ``max_pending`` (default 1000) bounds the requests whose work is queued or running: the
+      next response with tasks is held before its final body until there is room.
     * Lifespan is passed through, and completed on behalf of apps that do not support it. On
-      shutdown, in-flight background work gets up to ``shutdown_timeout`` seconds (default 30)
-      before it is cancelled; the app's own shutdown runs after that.
-    * ``detached=True``: tasks run in a task group owned by lifespan, so the request's ASGI
-      call returns as soon as the response is complete. This needs a server that runs lifespan;
-      without it, every request fails with RuntimeError instead of losing work.
+      shutdown, work in flight gets up to ``shutdown_timeout`` seconds (default 30); what is
+      left is given up and named (a sync task stuck in a thread is abandoned, not joined), and
+      the app's own shutdown runs after that. A server's cancellation of a request's call
+      gives its work the same grace period.
+    * ``detached=True``: the request's call returns as soon as the response is complete. This
+      needs lifespan to reach the middleware; without it, every request fails with
+      RuntimeError instead of losing work.
 
     Non-HTTP scopes (websocket) pass through untouched.
     """

@@ -25,18 +25,28 @@ from .tasks import (
 __all__ = ["Response"]
 
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_FORBIDDEN_IN_VALUE = re.compile(rb"[\r\n\x00]")
+# RFC 9110 field-value: no control character but horizontal tab, no surrounding whitespace.
+_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_CHARSET = re.compile(r"charset\s*=\s*\"?([^\";\s]+)", re.IGNORECASE)
+# Set by Response itself, or a framing the server owns: a caller's value would contradict it.
+_RESERVED = {
+    b"content-length": "do not set content-length; Response sets it from the content",
+    b"transfer-encoding": (
+        "do not set transfer-encoding; Response sends its whole body with content-length, "
+        "and the server chooses the framing"
+    ),
+}
 
 HeadersInput = Mapping[str, str] | Iterable[tuple[str, str]]
 
 
-def _coerce_content(content: object) -> bytes:
+def _coerce_content(content: object, media_type: object) -> bytes:
     if content is None:
         return b""
     if type(content) is bytes:
         return content
     if isinstance(content, str):
-        return content.encode()
+        return _encode_text(content, media_type)
     if isinstance(content, (bytes, bytearray, memoryview)):
         return bytes(content)
     raise TypeError(
@@ -45,12 +55,37 @@ def _coerce_content(content: object) -> bytes:
     )
 
 
+def _encode_text(content: str, media_type: object) -> bytes:
+    # str content is encoded in the charset the media type declares, UTF-8 when it names none.
+    found = _CHARSET.search(media_type) if isinstance(media_type, str) else None
+    if found is None:
+        return content.encode()
+    charset = found.group(1)
+    try:
+        return content.encode(charset)
+    except LookupError:
+        raise ValueError(
+            f"media_type {media_type!r} declares charset {charset!r}, which Python does not "
+            f"know; use a charset such as utf-8"
+        ) from None
+    except UnicodeEncodeError as error:
+        raise ValueError(
+            f"content cannot be encoded in charset {charset!r} that media_type declares "
+            f"({error.reason} at {error.start}); use charset=utf-8, or pass bytes"
+        ) from None
+
+
 def _check_status(status_code: object, body: bytes) -> None:
     if isinstance(status_code, bool) or not isinstance(status_code, int):
         raise TypeError(f"status_code must be an int, got {status_code!r}")
-    if not 100 <= status_code <= 599:
-        raise ValueError(f"status_code must be between 100 and 599, got {status_code}")
-    if body and (status_code < 200 or status_code in (204, 304)):
+    if 100 <= status_code <= 199:
+        raise ValueError(
+            f"status_code {status_code} is informational (1xx), not a final response: the "
+            f"client would wait for one that never comes. Use a 2xx-5xx status"
+        )
+    if not 200 <= status_code <= 599:
+        raise ValueError(f"status_code must be between 200 and 599, got {status_code}")
+    if body and status_code in (204, 304):
         raise ValueError(f"a {status_code} response cannot have a body; drop the content")
 
 
@@ -62,15 +97,18 @@ _OK = 200
 def _build(
     content: object, status_code: int, headers: HeadersInput | None, media_type: str | None
 ) -> tuple[bytes, list[tuple[bytes, bytes]]]:
-    body = _coerce_content(content)
+    if media_type is not None:
+        content_type = _content_type(media_type)  # checked first: it decides the encoding
+    body = _coerce_content(content, media_type)
     _check_status(status_code, body)
     raw_headers = [] if headers is None else _header_pairs(headers)
     names = {name for name, _ in raw_headers}
-    if b"content-length" in names:
-        raise ValueError("do not set content-length; Response sets it from the content")
+    for name, message in _RESERVED.items():
+        if name in names:
+            raise ValueError(message)
     if media_type is not None and b"content-type" not in names:
-        raw_headers.append(_content_type(media_type))
-    if status_code >= 200 and status_code != 204 and status_code != 304:
+        raw_headers.append(content_type)
+    if status_code != 204 and status_code != 304:
         raw_headers.append((b"content-length", b"%d" % len(body)))
     return body, raw_headers
 
@@ -80,14 +118,14 @@ _content_types: dict[str, tuple[bytes, bytes]] = {}
 
 def _content_type(media_type: str) -> tuple[bytes, bytes]:
     # Apps use a handful of media types; validate and encode each once.
+    if type(media_type) is not str:
+        raise TypeError(f"media_type must be a str such as 'text/plain', got {media_type!r}")
     header = _content_types.get(media_type)
     if header is None:
-        if not isinstance(media_type, str):
-            raise TypeError(f"media_type must be a str such as 'text/plain', got {media_type!r}")
         value = media_type
         if value.startswith("text/") and "charset=" not in value.lower():
             value += "; charset=utf-8"
-        [header] = _header_pairs([("content-type", value)])
+        [header] = _header_pairs([("content-type", value)], "media_type")
         if len(_content_types) < 256:
             _content_types[media_type] = header
     return header
@@ -106,25 +144,63 @@ def _encode(text: str | bytes, what: str) -> bytes:
     raise TypeError(f"{what} must be str or bytes, got {type(text).__name__}")
 
 
-def _header_pairs(headers: HeadersInput | None) -> list[tuple[bytes, bytes]]:
+def _header_pairs(
+    headers: HeadersInput | None, argument: str = "headers"
+) -> list[tuple[bytes, bytes]]:
     if headers is None:
         return []
+    if isinstance(headers, (str, bytes)) or not isinstance(headers, (Mapping, Iterable)):
+        raise TypeError(f"headers must be a mapping or (name, value) pairs, got {headers!r}")
     items = headers.items() if isinstance(headers, Mapping) else headers
     pairs = []
     for item in items:
-        if isinstance(item, (str, bytes)) or len(item) != 2:
-            raise TypeError(f"headers must be a mapping or (name, value) pairs, got item {item!r}")
+        if not isinstance(item, (tuple, list)) or len(item) != 2:
+            raise TypeError(
+                f"headers must be a mapping or (name, value) pairs, got item {item!r}; "
+                f"write headers={{'x-name': 'value'}} or [('x-name', 'value')]"
+            )
         name = _encode(item[0], "header name")
         value = _encode(item[1], f"value of header {item[0]!r}")
         if not _TOKEN.fullmatch(name):
             raise ValueError(f"header name {item[0]!r} is not an HTTP token (RFC 9110, 5.1)")
-        if _FORBIDDEN_IN_VALUE.search(value):
+        what = "media_type" if argument == "media_type" else f"value of header {item[0]!r}"
+        control = _CONTROL.search(value)
+        if control is not None:
             raise ValueError(
-                f"value of header {item[0]!r} contains CR, LF or NUL, which would allow header "
-                f"injection; remove those characters"
+                f"{what} contains the control character {control.group()!r}, which servers "
+                f"refuse (CR and LF would allow header injection); remove it"
             )
+        if value[:1] in (b" ", b"\t") or value[-1:] in (b" ", b"\t"):
+            raise ValueError(f"{what} {item[1]!r} has surrounding whitespace; strip it")
         pairs.append((name.lower(), value))
     return pairs
+
+
+def _check_background(background: object) -> None:
+    import inspect  # only foreign backgrounds get here; inspect costs ~4 ms to import
+
+    if inspect.iscoroutine(background):
+        background.close()  # it can never be awaited now; closing avoids a second warning
+        raise TypeError(
+            "background got a coroutine object; pass the function and its arguments: "
+            "background=BackgroundTask(notify, user) instead of background=notify(user)"
+        )
+    if not is_async_callable(background):
+        raise TypeError(
+            f"background must be an async callable with no arguments, such as "
+            f"BackgroundTask(func, *args) or BackgroundTasks(); got {background!r}"
+        )
+    try:
+        signature = inspect.signature(background)  # type: ignore[arg-type]
+    except (TypeError, ValueError):  # no signature to check (some builtins, C callables)
+        return
+    try:
+        signature.bind()
+    except TypeError:
+        raise TypeError(
+            f"background {background!r} needs arguments {signature}; Response calls it with "
+            f"none. Wrap it: background=BackgroundTask(func, *args)"
+        ) from None
 
 
 class Response:
@@ -133,10 +209,15 @@ class Response:
     ``__call__`` sends ``http.response.start`` and one ``http.response.body``, and only then
     awaits ``background``:
 
-    * ``content`` is bytes or str (UTF-8); content-length is set from it. ``text/*`` media
-      types get ``; charset=utf-8``. ``headers`` is a mapping or (name, value) pairs, so a
+    * ``content`` is bytes or str; str is encoded in the charset ``media_type`` declares
+      (UTF-8 when it names none, and ``text/*`` media types then get ``; charset=utf-8``).
+      content-length is set from it. ``headers`` is a mapping or (name, value) pairs, so a
       header such as set-cookie can repeat.
-    * HEAD requests get the headers but no body. 1xx, 204 and 304 get neither body nor
+    * Refused here, because servers would refuse them at send time and the client would get
+      nothing: control characters (but tab) or surrounding whitespace in a header value or
+      ``media_type``, header names that are not tokens, content-length and transfer-encoding
+      (Response owns the framing), a 1xx status (not a final response), a body with 204/304.
+    * HEAD requests get the headers but no body. 204 and 304 get neither body nor
       content-length.
     * ``background`` is any callable that takes no arguments and returns an awaitable: a
       BackgroundTask, BackgroundTasks, or another framework's background object. A failing task
@@ -170,12 +251,8 @@ class Response:
             type(background) is BackgroundTasks
             or type(background) is BackgroundTask
             or isinstance(background, (BackgroundTasks, BackgroundTask))
-            or is_async_callable(background)
         ):
-            raise TypeError(
-                f"background must be an async callable with no arguments, such as "
-                f"BackgroundTask(func, *args) or BackgroundTasks(); got {background!r}"
-            )
+            _check_background(background)
         self.status_code = status_code
         self.body = body
         self.raw_headers = raw_headers

@@ -59,7 +59,7 @@ async def test_head_gets_headers_but_no_body() -> None:
     assert send.body == b""
 
 
-@pytest.mark.parametrize("status", [100, 103, 204, 304])
+@pytest.mark.parametrize("status", [204, 304])
 async def test_bodiless_statuses_get_no_body_and_no_content_length(status: int) -> None:
     send = Recorder()
     await Response(status_code=status, headers={"etag": '"x"'})(http_scope(), no_receive, send)
@@ -68,8 +68,14 @@ async def test_bodiless_statuses_get_no_body_and_no_content_length(status: int) 
 
 
 @pytest.mark.parametrize("status", [99, 600, -200])
-def test_status_outside_100_to_599_is_rejected(status: int) -> None:
-    with pytest.raises(ValueError, match="between 100 and 599"):
+def test_status_outside_200_to_599_is_rejected(status: int) -> None:
+    with pytest.raises(ValueError, match="between 200 and 599"):
+        Response(status_code=status)
+
+
+@pytest.mark.parametrize("status", [100, 101, 103, 199])
+def test_informational_status_as_the_final_response_is_rejected(status: int) -> None:
+    with pytest.raises(ValueError, match=r"informational \(1xx\)"):
         Response(status_code=status)
 
 
@@ -237,3 +243,88 @@ async def test_same_tasks_passed_to_two_responses_run_once() -> None:
     for _ in range(2):
         await Response(b"ok", background=tasks)(http_scope(), no_receive, Recorder())
     assert log == ["email"]
+
+
+# What servers refuse at send time is refused at construction (RFC 9110 field-value)
+
+
+@pytest.mark.parametrize("value", ["a\x01b", "\x1f", "a\x7fb", "a\x0bb"])
+def test_header_value_with_any_control_character_is_rejected(value: str) -> None:
+    with pytest.raises(ValueError, match="control character"):
+        Response(headers=[("x-ok", value)])
+
+
+def test_header_value_may_hold_a_horizontal_tab() -> None:
+    assert Response(headers=[("x-ok", "a\tb")]).raw_headers[0] == (b"x-ok", b"a\tb")
+
+
+@pytest.mark.parametrize("media_type", ["text/plain\x01", "text/\x1fplain"])
+def test_media_type_with_a_control_character_is_rejected(media_type: str) -> None:
+    with pytest.raises(ValueError, match="media_type contains the control character"):
+        Response("x", media_type=media_type)
+
+
+@pytest.mark.parametrize("value", [" a ", " a", "a\t", "\ta"])
+def test_header_value_with_surrounding_whitespace_is_rejected(value: str) -> None:
+    with pytest.raises(ValueError, match="surrounding whitespace"):
+        Response(headers={"x-ok": value})
+
+
+@pytest.mark.parametrize("name", ["transfer-encoding", "Transfer-Encoding"])
+def test_transfer_encoding_is_not_accepted_from_the_caller(name: str) -> None:
+    with pytest.raises(ValueError, match="transfer-encoding"):
+        Response(b"abc", headers={name: "chunked"})
+
+
+@pytest.mark.parametrize("headers", [[{"a": "1"}], [{"a": "1", "b": "2"}], ["ab"], [("a",)], 7])
+def test_malformed_headers_are_a_type_error_naming_headers(headers: Any) -> None:
+    with pytest.raises(TypeError, match="headers must be a mapping"):
+        Response(b"x", headers=headers)
+
+
+@pytest.mark.parametrize("media_type", [[], {"a": 1}, b"text/plain"])
+def test_media_type_that_is_not_a_str_is_a_type_error_naming_it(media_type: Any) -> None:
+    with pytest.raises(TypeError, match="media_type must be a str"):
+        Response("x", media_type=media_type)
+
+
+async def test_str_content_is_encoded_in_the_declared_charset() -> None:
+    send = Recorder()
+    response = Response("café", media_type="text/plain; charset=latin-1")
+    await response(http_scope(), no_receive, send)
+    assert send.body == "café".encode("latin-1")
+    assert (b"content-length", b"4") in send.headers
+
+
+@pytest.mark.parametrize(
+    ("media_type", "match"),
+    [("text/plain; charset=ascii", "cannot be encoded"), ("text/plain; charset=nope", "know")],
+)
+def test_charset_that_cannot_encode_the_content_is_rejected(media_type: str, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        Response("café", media_type=media_type)
+
+
+def test_async_background_that_needs_arguments_is_rejected() -> None:
+    async def notify(user: str) -> None:
+        return None
+
+    with pytest.raises(TypeError, match=r"needs arguments.*BackgroundTask\(func, \*args\)"):
+        Response(b"x", background=notify)  # type: ignore[arg-type]
+
+
+def test_coroutine_object_as_background_is_closed_and_rejected() -> None:
+    import gc
+    import warnings
+
+    async def notify() -> None:
+        return None
+
+    coroutine = notify()
+    with pytest.raises(TypeError, match="coroutine object"):
+        Response(b"x", background=coroutine)  # type: ignore[arg-type]
+    assert coroutine.cr_frame is None  # closed: no "never awaited" warning follows
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        del coroutine
+        gc.collect()
