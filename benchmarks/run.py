@@ -1,6 +1,6 @@
 """Run every benchmark and write the results into benchmarks/README.md.
 
-    python benchmarks/run.py          # about six minutes on a 2-core machine
+    python benchmarks/run.py          # about fifteen minutes on a 2-core machine
 
 Each part is its own script and can be run alone; see the docstring at the top of each.
 """
@@ -17,6 +17,7 @@ HERE = Path(__file__).resolve().parent
 PARTS = [
     ("In process", "inprocess.py"),
     ("End to end", "e2e.py"),
+    ("Sustained load", "sustained.py"),
     ("Footprint", "footprint.py"),
     ("Graceful shutdown", "shutdown.py"),
 ]

@@ -30,11 +30,10 @@ from __future__ import annotations
 
 import contextvars
 import functools
-import logging
 import sys
 import types
 from collections.abc import Awaitable, Callable, Generator, Iterable, Iterator, Sequence
-from typing import Any, NoReturn, ParamSpec
+from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec
 
 import anyio
 
@@ -43,13 +42,26 @@ from ._engine import Job, SyncBatch
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import ExceptionGroup
 
+if TYPE_CHECKING:
+    import logging
+
 __all__ = ["BackgroundTask", "BackgroundTasks"]
 
 P = ParamSpec("P")
 
 _CHECKPOINT_EVERY = 100  # tasks run in a row without suspending before the driver yields
 
-logger = logging.getLogger("bgtasks")
+class _Logger:
+    """The ``bgtasks`` logger, looked up on first use: importing logging costs ~3 ms, and an app
+    whose background work never goes wrong need not pay it."""
+
+    def __getattr__(self, name: str) -> Any:
+        import logging
+
+        return getattr(logging.getLogger("bgtasks"), name)
+
+
+logger: logging.Logger = _Logger()  # type: ignore[assignment]
 
 Failure = tuple["BackgroundTask", Exception]
 _Coroutine = types.CoroutineType
