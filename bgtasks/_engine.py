@@ -562,24 +562,24 @@ class _Runner:
 
     async def _worker(self, limiter: anyio.CapacityLimiter) -> None:
         # Holds one token of the thread budget for as long as its thread lives.
-        exited = threading.Event()
-        loop_done = self.engine.signal()
+        thread_done = self.engine.signal()
         try:
             async with limiter:
                 thread = threading.Thread(
-                    target=self._work, args=(exited, loop_done), name="bgtasks-worker", daemon=True
+                    target=self._work, args=(thread_done,), name="bgtasks-worker", daemon=True
                 )
                 thread.start()
                 try:
                     with anyio.CancelScope(shield=True):
-                        await loop_done.wait()
+                        await thread_done.wait()
                 except BaseException:
                     # The loop is ending (asyncio.Runner cancels even shielded waits). A parked
                     # worker ends at once; one inside a task is abandoned, never joined.
                     self._close()
                     raise
                 finally:
-                    exited.wait(0.5 if not self._busy(thread) else 0)
+                    if not self._busy(thread):  # it is leaving: let it finish (bounded)
+                        thread.join(5.0)
         finally:
             self.workers -= 1
 
@@ -587,12 +587,11 @@ class _Runner:
         with self.lock:
             return thread.ident in self.running
 
-    def _work(self, exited: threading.Event, loop_done: Signal) -> None:
+    def _work(self, thread_done: Signal) -> None:
         try:
             self._drain()
         finally:
-            exited.set()
-            self._call_on_loop(loop_done.set)
+            self._call_on_loop(thread_done.set)
 
     def _drain(self) -> None:
         # What anyio.to_thread does for its own workers, so that anyio.from_thread.run and
