@@ -35,7 +35,8 @@ import anyio
 
 from ._engine import Work, current_engine
 from ._types import ASGIApp, Message, Receive, Scope, Send
-from .tasks import BackgroundTasks, Run, log_dropped, logger
+from .dispatch import Dispatcher, send_calls
+from .tasks import BackgroundTasks, Run, log_dropped, logger, refused_calls
 
 __all__ = ["BackgroundTasksMiddleware", "get_background_tasks"]
 
@@ -45,6 +46,29 @@ DEFAULT_SHUTDOWN_TIMEOUT = 30.0
 DEFAULT_MAX_PENDING = 1000
 
 _NOT_STARTED, _RUNNING, _ENDED = "not started", "running", "ended"  # lifespan, as seen here
+
+
+# What a client gets instead of a success when the broker did not take the request's calls.
+_UNAVAILABLE_TEXT = b"Service Unavailable: the work this request asked for could not be queued.\n"
+_UNAVAILABLE_START: Message = {
+    "type": "http.response.start",
+    "status": 503,
+    "headers": [
+        (b"content-type", b"text/plain; charset=utf-8"),
+        (b"content-length", b"%d" % len(_UNAVAILABLE_TEXT)),
+        (b"retry-after", b"5"),
+    ],
+}
+_UNAVAILABLE_BODY: Message = {"type": "http.response.body", "body": _UNAVAILABLE_TEXT}
+
+
+def _log_unsent(tasks: BackgroundTasks, reason: str) -> None:
+    calls = tasks._take_calls()
+    logger.warning(
+        "%s, so its enqueued calls were not sent: [%s]",
+        reason,
+        ", ".join(call.name for call in calls),
+    )
 
 
 def succeeded(status: int) -> bool:
@@ -152,6 +176,7 @@ class BackgroundTasksMiddleware:
         shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
         max_pending: int = DEFAULT_MAX_PENDING,
         run_if: Callable[[int], bool] = succeeded,
+        dispatcher: Dispatcher | None = None,
     ) -> None:
         if not callable(app):
             raise TypeError(f"BackgroundTasksMiddleware needs an ASGI app, got {app!r}")
@@ -176,7 +201,10 @@ class BackgroundTasksMiddleware:
         self.detached = detached
         self.shutdown_timeout = float(shutdown_timeout)
         self.max_pending = max_pending
+        if dispatcher is not None:
+            BackgroundTasks(dispatcher=dispatcher)  # checks it, with the message that says how
         self.run_if = run_if
+        self.dispatcher = dispatcher
         self._work = Work()
         self._lifespan = _NOT_STARTED
 
@@ -207,19 +235,27 @@ class BackgroundTasksMiddleware:
                 "detached=False."
             )
         tasks = scope[SCOPE_KEY] = BackgroundTasks()
+        tasks.dispatcher = self.dispatcher
         scope[MIDDLEWARE_KEY] = self
         work = self._work
         max_pending = self.max_pending
         trailers = False
         complete = False
         status = 0
+        held: Message | None = None  # the start message, while enqueued calls are sent
+        replaced = False  # the broker refused: a 503 went out instead of the app's response
 
         async def tracking_send(message: Message) -> None:
-            nonlocal trailers, complete, status
+            nonlocal trailers, complete, status, held, replaced
+            if replaced:
+                return  # the app's own response has nowhere to go
             kind = message["type"]
             if kind == "http.response.start":
                 trailers = bool(message.get("trailers", False))
                 status = message["status"]
+                if tasks._calls:  # hold it: the client learns nothing before they are queued
+                    held = message
+                    return
             elif not complete:
                 test = COMPLETES_RESPONSE.get(kind)
                 complete = test is not None and test(message, trailers)
@@ -228,6 +264,15 @@ class BackgroundTasksMiddleware:
                     # the call's return would not do: servers read the next request on the
                     # connection as soon as the response is complete.
                     await work.wait_room(max_pending)
+            if held is not None:
+                start, held = held, None
+                if not await self._send_enqueued(tasks, status, refused_means_503=True):
+                    replaced = complete = True
+                    status = 503
+                    await send(_UNAVAILABLE_START)
+                    await send(_UNAVAILABLE_BODY)
+                    return
+                await send(start)
             try:
                 await send(message)
             except OSError:
@@ -237,6 +282,8 @@ class BackgroundTasksMiddleware:
         try:
             await self.app(scope, receive, tracking_send)
         except BaseException as exc:
+            if tasks._calls:
+                _log_unsent(tasks, "the app raised")
             if not tasks._tasks:
                 raise
             if complete and isinstance(exc, anyio.get_cancelled_exc_class()):
@@ -250,6 +297,11 @@ class BackgroundTasksMiddleware:
                 raise
             log_dropped(tasks, "the app raised, so its request's background tasks were dropped")
             raise
+        if tasks._calls:  # enqueued after the response started: sent now, refusals only logged
+            if complete:
+                await self._send_enqueued(tasks, status, refused_means_503=False)
+            else:
+                _log_unsent(tasks, "the app returned without completing its response")
         if not tasks._tasks:
             tasks._closed = True
             return
@@ -262,6 +314,34 @@ class BackgroundTasksMiddleware:
             )
             return
         await self._hand_off(tasks)
+
+    async def _send_enqueued(
+        self, tasks: BackgroundTasks, status: int, refused_means_503: bool
+    ) -> bool:
+        # Sends the request's enqueued calls if run_if accepts its status. False: the broker
+        # refused one of them, and the caller answers 503 instead of the app's response.
+        if not self.run_if(status):
+            _log_unsent(tasks, f"the response's status {status} fails run_if")
+            return True
+        assert self.dispatcher is not None
+        calls = tasks._take_calls()
+        refused = refused_calls(calls, await send_calls(self.dispatcher, calls))
+        if not refused:
+            return True
+        consequence = (
+            "the client gets 503 instead of its response"
+            if refused_means_503
+            else "the response had already started, so the client was not told"
+        )
+        logger.error(
+            "the broker refused %d of %d enqueued calls; %s; calls: [%s]",
+            len(refused),
+            len(calls),
+            consequence,
+            ", ".join(call.name for call in calls),
+            exc_info=refused[0][1],
+        )
+        return False
 
     def _submit(self, tasks: BackgroundTasks, signal: bool = False) -> Run:
         engine = current_engine()

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec
 import anyio
 
 from ._engine import Job, SyncBatch
+from .dispatch import Call, Dispatcher, send_calls
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import ExceptionGroup
@@ -164,6 +165,7 @@ def _drive(
     batch: SyncBatch | None = None
     task: BackgroundTask | None = tasks[index - 1] if awaitable is not None else None
     quiet = 0  # tasks finished in a row without suspending
+    holder._runs += 1
     try:
         while True:
             if awaitable is None:
@@ -260,6 +262,10 @@ def _drive(
         if log_unfinished:
             _log_unfinished(running, tasks[started:end])
         raise
+    finally:
+        holder._runs -= 1
+        if not holder._runs:
+            holder._closed = True  # a list that has run is closed: add_task would be lost
 
 
 def _stops_the_run(exc: BaseException) -> bool:
@@ -352,6 +358,9 @@ def _fill(
     return task
 
 
+_NO_TASKS: tuple[BackgroundTask, ...] = ()
+
+
 class BackgroundTasks:
     """An ordered list of background tasks, run by ``await tasks()``.
 
@@ -370,9 +379,24 @@ class BackgroundTasks:
       that was cancelled or never started.
     """
 
-    __slots__ = ("_tasks", "_next", "_runs", "_closed", "concurrency")
+    __slots__ = ("_tasks", "_next", "_runs", "_closed", "concurrency", "dispatcher", "_calls")
 
-    def __init__(self, tasks: Iterable[BackgroundTask] = (), *, concurrency: int = 1) -> None:
+    def __init__(
+        self,
+        tasks: Iterable[BackgroundTask] = _NO_TASKS,
+        *,
+        concurrency: int = 1,
+        dispatcher: Dispatcher | None = None,
+    ) -> None:
+        self._tasks: list[BackgroundTask] = []
+        self._next = 0  # tasks[:_next] are claimed by a run
+        self._runs = 0
+        self._closed = False
+        self._calls: list[Call] | None = None  # enqueued, not yet sent
+        self.dispatcher = dispatcher
+        self.concurrency = concurrency
+        if tasks is _NO_TASKS and concurrency == 1 and dispatcher is None:
+            return  # BackgroundTasks(): on every request's path, nothing to check
         if type(concurrency) is not int:
             raise TypeError(f"concurrency must be an int, got {concurrency!r}")
         if concurrency < 1:
@@ -382,11 +406,14 @@ class BackgroundTasks:
                 f"tasks must be an iterable of BackgroundTask objects, got {tasks!r}; "
                 f"for a concurrency limit pass it by name: BackgroundTasks(concurrency=4)"
             )
-        self.concurrency = concurrency
-        self._next = 0  # tasks[:_next] are claimed by a run
-        self._runs = 0
-        self._closed = False
-        self._tasks: list[BackgroundTask] = []
+        if dispatcher is not None and not (
+            callable(getattr(dispatcher, "send", None))
+            and callable(getattr(dispatcher, "name_of", None))
+        ):
+            raise TypeError(
+                f"dispatcher must implement bgtasks.dispatch.Dispatcher (name_of and send), "
+                f"such as bgtasks.celery.CeleryDispatcher(celery_app); got {dispatcher!r}"
+            )
         for task in tasks:
             if not isinstance(task, BackgroundTask):
                 raise TypeError(
@@ -400,7 +427,40 @@ class BackgroundTasks:
         holder = object.__new__(cls)
         holder.concurrency, holder._next, holder._runs, holder._closed = 1, 0, 0, False
         holder._tasks = tasks
+        holder.dispatcher = holder._calls = None
         return holder
+
+    def enqueue(self, func: Any, /, *args: Any, **kwargs: Any) -> Call:
+        """Hand ``func(*args, **kwargs)`` to the distributed engine instead of running it here.
+
+        ``func`` is the engine's task (a Celery task, a Procrastinate task). Under
+        ``BackgroundTasksMiddleware(dispatcher=...)`` the call is sent only if the request
+        succeeds, and before the client is told so; see the middleware. Directly, ``await
+        tasks()`` sends the enqueued calls first and raises if the broker refused one. The
+        contextvars are captured here and the call is sent in them. Raises RuntimeError when
+        no dispatcher is configured, TypeError when ``func`` is not one of the engine's tasks.
+        """
+        dispatcher = self.dispatcher
+        if dispatcher is None:
+            raise RuntimeError(
+                "enqueue needs a dispatcher: pass BackgroundTasksMiddleware(app, dispatcher=...) "
+                "or BackgroundTasks(dispatcher=...), e.g. CeleryDispatcher(celery_app); to run "
+                "the call in this process instead, use add_task"
+            )
+        if self._closed:
+            raise RuntimeError(
+                "enqueue on background tasks that have already run: the call would never be "
+                "sent. Enqueue before the response is sent, or use a new BackgroundTasks()."
+            )
+        call = Call(func, args, kwargs, dispatcher.name_of(func))
+        if self._calls is None:
+            self._calls = []
+        self._calls.append(call)
+        return call
+
+    def _take_calls(self) -> list[Call]:
+        calls, self._calls = self._calls or [], None
+        return calls
 
     def add_task(
         self, func: Callable[P, Any], /, *args: P.args, **kwargs: P.kwargs
@@ -435,6 +495,8 @@ class BackgroundTasks:
         return f"<BackgroundTasks {[task.name for task in self._tasks]}>"
 
     async def __call__(self) -> None:
+        if self._calls:
+            await self._send_enqueued()
         failures = await self._run_logged()
         if len(failures) == 1:
             raise failures[0][1]
@@ -443,15 +505,26 @@ class BackgroundTasks:
                 f"{len(failures)} background tasks failed", [exc for _, exc in failures]
             )
 
+    async def _send_enqueued(self) -> None:
+        # Direct use: send what was enqueued, and raise (naming the calls) if any was refused.
+        assert self.dispatcher is not None
+        calls = self._take_calls()
+        refused = refused_calls(calls, await send_calls(self.dispatcher, calls))
+        if refused:
+            raise RuntimeError(
+                f"the broker refused {len(refused)} of {len(calls)} enqueued calls: "
+                f"[{', '.join(call.name for call, _ in refused)}]"
+            ) from refused[0][1]
+
     async def _run_logged(self) -> list[Failure]:
         # Runs every unclaimed task and returns the failures; the caller raises or logs them.
         failures: list[Failure] = []
+        if self.concurrency == 1:
+            await _drive(self, failures)
+            return failures
         self._runs += 1
         try:
-            if self.concurrency == 1:
-                await _drive(self, failures)
-            else:
-                await self._run_concurrently(failures)
+            await self._run_concurrently(failures)
         finally:
             self._end_run()
         return failures
@@ -514,6 +587,12 @@ class BackgroundTasks:
         failures.extend(failure for _, failure in indexed)
 
 
+def refused_calls(
+    calls: Sequence[Call], results: Sequence[BaseException | None]
+) -> list[tuple[Call, BaseException]]:
+    return [(call, error) for call, error in zip(calls, results, strict=True) if error is not None]
+
+
 def _log_unfinished(
     cancelled: Sequence[BackgroundTask], never_started: Sequence[BackgroundTask]
 ) -> None:
@@ -545,12 +624,16 @@ def log_failures(failures: list[Failure]) -> None:
         logger.error("background task %s failed", task.name, exc_info=error)
 
 
-async def run_tasks(tasks: BackgroundTasks) -> None:
+@types.coroutine
+def run_tasks(tasks: BackgroundTasks) -> Generator[Any, Any, None]:
     """Run a BackgroundTasks in this task, inline, and log (never raise) what failed."""
-    if tasks.concurrency == 1 and tasks._next >= len(tasks._tasks) and not tasks._runs:
-        tasks._closed = True  # nothing to run: the common no-task response
-        return
-    log_failures(await tasks._run_logged())
+    failures: list[Failure] = []
+    if tasks.concurrency == 1:
+        yield from _drive(tasks, failures)  # a generator, not a coroutine: one frame less
+    else:
+        failures = yield from tasks._run_logged().__await__()
+    if failures:
+        log_failures(failures)
 
 
 async def run_background(background: Callable[[], Awaitable[Any]]) -> None:
@@ -579,7 +662,6 @@ class Run(Job):
     def __init__(self, tasks: BackgroundTasks) -> None:
         Job.__init__(self)
         self.tasks = tasks
-        tasks._runs += 1
         self.index = self.end = 0  # claimed by the thread batch: tasks[index:end]
         self.awaitable: Any = None  # returned there by tasks[index - 1]
 
@@ -614,8 +696,8 @@ class Run(Job):
         log_failures(failures)
 
     def settle(self) -> None:
-        if not self.settled:
-            self.tasks._end_run()
+        if not self.tasks._runs:
+            self.tasks._closed = True  # it has run: a late add_task would be lost
         Job.settle(self)
 
     def abandon(self, reason: str) -> None:
