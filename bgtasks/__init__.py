@@ -1,6 +1,7 @@
 """bgtasks: run work after the ASGI response has been sent, on any server and framework."""
 
 from ._engine import current_thread_limiter
+from ._observe import Observer, add_observer, remove_observer
 from ._types import ASGIApp, Message, Receive, Scope, Send
 from .middleware import BackgroundTasksMiddleware, get_background_tasks
 from .response import Response
@@ -12,10 +13,13 @@ __all__ = [
     "BackgroundTasks",
     "BackgroundTasksMiddleware",
     "Message",
+    "Observer",
     "Receive",
     "Response",
     "Scope",
     "Send",
+    "add_observer",
     "current_thread_limiter",
     "get_background_tasks",
+    "remove_observer",
 ]

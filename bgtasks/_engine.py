@@ -54,6 +54,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 
+from . import _observe
+
 if TYPE_CHECKING:
     import asyncio
 
@@ -356,6 +358,14 @@ class Work:
         return len(self.jobs)
 
     async def wait_room(self, limit: int) -> None:
+        started = time.monotonic()
+        try:
+            await self._wait_room(limit)
+        finally:
+            if _observe.observers:
+                _observe.report("waited", time.monotonic() - started)
+
+    async def _wait_room(self, limit: int) -> None:
         while len(self.jobs) >= limit:
             event = anyio.Event()
             self.room.append(event)
@@ -392,11 +402,24 @@ class Work:
 class SyncBatch:
     """Consecutive sync tasks of one job, run in order in one worker thread."""
 
-    __slots__ = ("calls", "job", "started", "stopped", "errors", "awaitable", "done", "queued")
+    __slots__ = (
+        "calls",
+        "job",
+        "observed",
+        "started",
+        "stopped",
+        "errors",
+        "awaitable",
+        "done",
+        "queued",
+    )
 
-    def __init__(self, calls: Sequence[Call], job: Job | None = None) -> None:
+    def __init__(
+        self, calls: Sequence[Call], job: Job | None = None, observed: bool = True
+    ) -> None:
         self.calls = calls
         self.job = job
+        self.observed = observed  # background tasks are reported to observers; sends are not
         self.started = 0
         self.stopped = False
         self.errors: list[tuple[Any, Exception]] | None = None  # made on demand
@@ -406,28 +429,36 @@ class SyncBatch:
 
     def run(self) -> None:
         # In a worker thread. Nothing may escape: the worker must live on to hand it back.
+        observed = self.observed and bool(_observe.observers)
         for call in self.calls:
             if self.stopped:
                 return
             self.started += 1
+            context = call.context
+            if observed:
+                context.run(_observe.report, "started", call)
             try:
-                result = call.context.run(call.func, *call.args, **call.kwargs)
+                result = context.run(call.func, *call.args, **call.kwargs)
             except Exception as exc:
-                self._fail(call, exc)
+                self._fail(call, exc, observed)
                 continue
             except BaseException as exc:  # SystemExit and the like, raised in a thread
                 error = RuntimeError(f"background task raised {exc!r} in a worker thread")
                 error.__cause__ = exc
-                self._fail(call, error)
+                self._fail(call, error, observed)
                 continue
             if result is not None and _is_awaitable(result):
-                self.awaitable = result
+                self.awaitable = result  # its task finishes when the loop has awaited it
                 return
+            if observed:
+                context.run(_observe.report, "finished", call, None, False)
 
-    def _fail(self, call: Call, error: Exception) -> None:
+    def _fail(self, call: Call, error: Exception, observed: bool) -> None:
         if self.errors is None:
             self.errors = []
         self.errors.append((call, error))
+        if observed:
+            call.context.run(_observe.report, "finished", call, error, False)
 
     def start(self) -> Awaitable[Any]:
         """Queue the batch for a worker; return what to await until it has run.

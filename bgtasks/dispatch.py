@@ -19,6 +19,7 @@ import contextvars
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+from . import _observe
 from ._engine import Engine, Signal, SyncBatch, current_engine
 
 __all__ = ["Call", "Dispatcher"]
@@ -82,6 +83,10 @@ class _Sending:
         return contextvars.Context()
 
     def _send(self) -> None:
+        observed = bool(_observe.observers)
+        if observed:
+            for call in self.calls:
+                call.context.run(_observe.report, "started", call)
         try:
             results = list(self.dispatcher.send(self.calls))
             if len(results) != len(self.calls):
@@ -92,6 +97,9 @@ class _Sending:
         except BaseException as exc:  # nothing is known to be sent: every call failed
             results = [exc] * len(self.calls)
         self.results = results
+        if observed:
+            for call, error in zip(self.calls, results, strict=True):
+                call.context.run(_observe.report, "finished", call, error, False)
 
 
 _outboxes: dict[tuple[Engine, int], _Sending] = {}
@@ -108,7 +116,7 @@ async def send_calls(dispatcher: Dispatcher, calls: Sequence[Call]) -> list[Base
 
         def flush() -> None:  # next loop iteration: every request of this one has its calls in
             del _outboxes[key]
-            batch = SyncBatch([sending])
+            batch = SyncBatch([sending], observed=False)
             batch.done = _Delivered(sending.waiters)
             engine.threads.submit(batch)
 

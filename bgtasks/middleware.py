@@ -33,6 +33,7 @@ from typing import Protocol
 
 import anyio
 
+from . import _observe
 from ._engine import Work, current_engine
 from ._types import ASGIApp, Message, Receive, Scope, Send
 from .dispatch import Dispatcher, send_calls
@@ -64,6 +65,9 @@ _UNAVAILABLE_BODY: Message = {"type": "http.response.body", "body": _UNAVAILABLE
 
 def _log_unsent(tasks: BackgroundTasks, reason: str) -> None:
     calls = tasks._take_calls()
+    if _observe.observers:
+        for call in calls:
+            _observe.report("dropped", call, f"{reason}, so it was not sent")
     logger.warning(
         "%s, so its enqueued calls were not sent: [%s]",
         reason,

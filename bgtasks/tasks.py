@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec
 
 import anyio
 
+from . import _observe
 from ._engine import Job, SyncBatch
 from .dispatch import Call, Dispatcher, send_calls
 
@@ -181,12 +182,16 @@ def _drive(
                 task = tasks[index]
                 if task.is_async:
                     index += 1
+                    if _observe.observers:
+                        task.context.run(_observe.report, "started", task)
                     try:
                         # Calling an async callable only creates its coroutine: no user code
                         # runs yet, so this needs no context. Its steps run in it, below.
                         awaitable = task.func(*task.args, **task.kwargs)
                     except Exception as exc:
                         failures.append((task, exc))
+                        if _observe.observers:
+                            task.context.run(_observe.report, "finished", task, exc, False)
                         continue
                 else:
                     batch = SyncBatch(tasks[index:end])
@@ -209,6 +214,8 @@ def _drive(
                 iterator: Any = current if type(current) is _Coroutine else current.__await__()
             except Exception as exc:
                 failures.append((task, exc))
+                if _observe.observers:
+                    context.run(_observe.report, "finished", task, exc, False)
                 continue
             suspended = False
             while True:
@@ -218,6 +225,8 @@ def _drive(
                     else:
                         yielded = context.run(iterator.throw, error)
                 except StopIteration:
+                    if _observe.observers:
+                        context.run(_observe.report, "finished", task, None, False)
                     break
                 except BaseException as exc:
                     if error is not None:
@@ -228,7 +237,10 @@ def _drive(
                         raise error from None
                     if _stops_the_run(exc):
                         raise
-                    failures.append((task, _as_failure(exc)))
+                    failure = _as_failure(exc)
+                    failures.append((task, failure))
+                    if _observe.observers:
+                        context.run(_observe.report, "finished", task, failure, False)
                     break
                 suspended = True
                 try:
@@ -249,7 +261,7 @@ def _drive(
                     import anyio.lowlevel
 
                     yield from anyio.lowlevel.checkpoint().__await__()
-    except BaseException:
+    except BaseException as stop:
         if batch is not None:
             batch.stopped = True  # its worker starts no further task of it
             started = index + batch.started
@@ -257,6 +269,8 @@ def _drive(
         else:
             started = index
             running = [task] if task is not None else []
+            if task is not None and _observe.observers:
+                task.context.run(_observe.report, "finished", task, stop, True)
         if holder._runs <= 1:  # no other run will get to the unclaimed ones
             end = holder._next = len(tasks)
         if log_unfinished:
@@ -456,6 +470,8 @@ class BackgroundTasks:
         if self._calls is None:
             self._calls = []
         self._calls.append(call)
+        if _observe.observers:
+            _observe.report("added", call)
         return call
 
     def _take_calls(self) -> list[Call]:
@@ -483,6 +499,8 @@ class BackgroundTasks:
         # add_task is on every request's path.
         task = _fill(object.__new__(BackgroundTask), func, args, kwargs)
         self._tasks.append(task)
+        if _observe.observers:
+            _observe.report("added", task)
         return task
 
     def __len__(self) -> int:
@@ -539,6 +557,9 @@ class BackgroundTasks:
         self._closed = True
         dropped = self._tasks[self._next :]
         self._next = len(self._tasks)
+        if _observe.observers:
+            for task in dropped:
+                _observe.report("dropped", task, reason)
         if dropped:
             logger.warning(
                 "%s; never started: [%s]", reason, ", ".join(task.name for task in dropped)
@@ -596,6 +617,9 @@ def refused_calls(
 def _log_unfinished(
     cancelled: Sequence[BackgroundTask], never_started: Sequence[BackgroundTask]
 ) -> None:
+    if _observe.observers:
+        for task in never_started:
+            _observe.report("dropped", task, "the run was cancelled before it started")
     if cancelled or never_started:
         logger.warning(
             "background tasks did not finish; cancelled: [%s]; never started: [%s]",
@@ -706,6 +730,9 @@ class Run(Job):
         started = self.index + (batch.started if batch is not None else 0)
         running = tasks[started - 1 : started] if batch is not None and batch.started else []
         self.tasks._next = len(tasks)
+        if _observe.observers:
+            for task in tasks[started:]:
+                _observe.report("dropped", task, reason)
         logger.warning(
             "%s; cancelled: [%s]; never started: [%s]",
             reason,

@@ -1,0 +1,67 @@
+"""The observer hook's cost on the middleware path: no observer, then a no-op one.
+
+The in-process harness's middleware variants (inprocess.py), measured with no observer
+registered and with a ``bgtasks.Observer()`` whose methods do nothing, interleaved within each
+repeat; median over repeats.
+
+    python benchmarks/observer.py [--repeats 7] [--loops asyncio,trio]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+
+import anyio
+from inprocess import MIDDLEWARE, _lifespan, sample
+
+import bgtasks
+
+VARIANTS = ["1 async", "1 sync", "mixed 5+5"]
+MODES = ["mw attached", "mw detached"]
+
+
+async def measure(repeats: int) -> dict[tuple[str, str, str], float]:
+    samples: dict[tuple[str, str, str], list[float]] = {}
+    stop = anyio.Event()
+    noop = bgtasks.Observer()
+    async with anyio.create_task_group() as group:
+        for app in MIDDLEWARE.values():
+            group.start_soon(_lifespan, app, stop)
+        await anyio.wait_all_tasks_blocked()
+        for _ in range(repeats):
+            for variant in VARIANTS:
+                for mode in MODES:
+                    for observed in ("none", "no-op"):
+                        if observed == "no-op":
+                            bgtasks.add_observer(noop)
+                        try:
+                            value = await sample(mode, variant)
+                        finally:
+                            if observed == "no-op":
+                                bgtasks.remove_observer(noop)
+                        samples.setdefault((variant, mode, observed), []).append(value)
+        stop.set()
+    return {key: statistics.median(values) for key, values in samples.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--loops", default="asyncio,trio")
+    args = parser.parse_args()
+    print(f"Median of {args.repeats} repeats, µs per ASGI call.\n")
+    for loop in args.loops.split(","):
+        results = anyio.run(measure, args.repeats, backend=loop)
+        print(f"**{loop}**\n")
+        print("| variant | path | no observer µs | no-op observer µs | ratio |")
+        print("|---|---|---|---|---|")
+        for variant in VARIANTS:
+            for mode in MODES:
+                none, noop = results[variant, mode, "none"], results[variant, mode, "no-op"]
+                print(f"| {variant} | {mode} | {none:.2f} | {noop:.2f} | {noop / none:.2f}× |")
+        print(flush=True)
+
+
+if __name__ == "__main__":
+    main()
