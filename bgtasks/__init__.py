@@ -3,6 +3,7 @@
 from ._engine import current_thread_limiter
 from ._observe import Observer, add_observer, remove_observer
 from ._types import ASGIApp, Message, Receive, Scope, Send
+from .local import LocalDispatcher
 from .middleware import BackgroundTasksMiddleware, get_background_tasks
 from .response import Response
 from .tasks import BackgroundTask, BackgroundTasks
@@ -12,6 +13,7 @@ __all__ = [
     "BackgroundTask",
     "BackgroundTasks",
     "BackgroundTasksMiddleware",
+    "LocalDispatcher",
     "Message",
     "Observer",
     "Receive",

@@ -29,7 +29,7 @@ Rules:
 from __future__ import annotations
 
 from collections.abc import Callable, MutableMapping
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import anyio
 
@@ -37,6 +37,9 @@ from . import _observe
 from ._engine import Work, current_engine
 from ._types import ASGIApp, Message, Receive, Scope, Send
 from .dispatch import Dispatcher, send_calls
+
+if TYPE_CHECKING:
+    from .local import LocalDispatcher
 from .tasks import BackgroundTasks, Run, log_dropped, logger, refused_calls
 
 __all__ = ["BackgroundTasksMiddleware", "get_background_tasks"]
@@ -216,9 +219,20 @@ class BackgroundTasksMiddleware:
         """Return once no background work of this middleware is queued or running.
 
         Works in both modes, on asyncio and trio; meant for tests and orderly shutdowns.
-        Cancelling the wait does not touch the work.
+        Cancelling the wait does not touch the work. With a ``LocalDispatcher``, its enqueued
+        calls count too.
         """
         await self._work.wait_idle()
+        local = self._local_dispatcher()
+        if local is not None:
+            await local.wait_idle()
+            await self._work.wait_idle()
+
+    def _local_dispatcher(self) -> LocalDispatcher | None:
+        from .local import LocalDispatcher
+
+        dispatcher = self.dispatcher
+        return dispatcher if isinstance(dispatcher, LocalDispatcher) else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -431,6 +445,11 @@ class BackgroundTasksMiddleware:
         cancelled = await self._work.drain(
             timeout, f"shutdown_timeout ({timeout}s) ran out; background work given up"
         )
+        local = self._local_dispatcher()
+        if local is not None:
+            cancelled += await local.drain(
+                timeout, f"shutdown_timeout ({timeout}s) ran out; enqueued work given up"
+            )
         if cancelled:
             logger.warning(
                 "shutdown_timeout (%ss) ran out with background work of %d requests unfinished; "
