@@ -1,8 +1,9 @@
-"""The observer hook's cost on the middleware path: no observer, then a no-op one.
+"""The observer hook's cost on the middleware path: no observer, a no-op one, OpenTelemetry.
 
 The in-process harness's middleware variants (inprocess.py), measured with no observer
-registered and with a ``bgtasks.Observer()`` whose methods do nothing, interleaved within each
-repeat; median over repeats.
+registered, with a ``bgtasks.Observer()`` whose methods do nothing, and with
+``BackgroundTasksInstrumentor`` on (the OpenTelemetry SDK's TracerProvider and MeterProvider,
+no exporter), interleaved within each repeat; median over repeats.
 
     python benchmarks/observer.py [--repeats 7] [--loops asyncio,trio]
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+from typing import Any
 
 import anyio
 from inprocess import MIDDLEWARE, _lifespan, sample
@@ -21,10 +23,23 @@ VARIANTS = ["1 async", "1 sync", "mixed 5+5"]
 MODES = ["mw attached", "mw detached"]
 
 
+OBSERVED = ["none", "no-op", "otel"]
+
+
+def _otel() -> Any:
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from bgtasks.otel import BackgroundTasksInstrumentor
+
+    return BackgroundTasksInstrumentor(), TracerProvider(), MeterProvider()
+
+
 async def measure(repeats: int) -> dict[tuple[str, str, str], float]:
     samples: dict[tuple[str, str, str], list[float]] = {}
     stop = anyio.Event()
     noop = bgtasks.Observer()
+    instrumentor, tracer_provider, meter_provider = _otel()
     async with anyio.create_task_group() as group:
         for app in MIDDLEWARE.values():
             group.start_soon(_lifespan, app, stop)
@@ -32,14 +47,20 @@ async def measure(repeats: int) -> dict[tuple[str, str, str], float]:
         for _ in range(repeats):
             for variant in VARIANTS:
                 for mode in MODES:
-                    for observed in ("none", "no-op"):
+                    for observed in OBSERVED:
                         if observed == "no-op":
                             bgtasks.add_observer(noop)
+                        elif observed == "otel":
+                            instrumentor.instrument(
+                                tracer_provider=tracer_provider, meter_provider=meter_provider
+                            )
                         try:
                             value = await sample(mode, variant)
                         finally:
                             if observed == "no-op":
                                 bgtasks.remove_observer(noop)
+                            elif observed == "otel":
+                                instrumentor.uninstrument()
                         samples.setdefault((variant, mode, observed), []).append(value)
         stop.set()
     return {key: statistics.median(values) for key, values in samples.items()}
@@ -54,12 +75,15 @@ def main() -> None:
     for loop in args.loops.split(","):
         results = anyio.run(measure, args.repeats, backend=loop)
         print(f"**{loop}**\n")
-        print("| variant | path | no observer µs | no-op observer µs | ratio |")
+        print("| variant | path | no observer µs | no-op observer µs (×) | OpenTelemetry µs (×) |")
         print("|---|---|---|---|---|")
         for variant in VARIANTS:
             for mode in MODES:
-                none, noop = results[variant, mode, "none"], results[variant, mode, "no-op"]
-                print(f"| {variant} | {mode} | {none:.2f} | {noop:.2f} | {noop / none:.2f}× |")
+                none, noop, otel = (results[variant, mode, o] for o in OBSERVED)
+                print(
+                    f"| {variant} | {mode} | {none:.2f} | {noop:.2f} ({noop / none:.2f}×) "
+                    f"| {otel:.2f} ({otel / none:.2f}×) |"
+                )
         print(flush=True)
 
 

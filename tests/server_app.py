@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,11 @@ async def sleep_then_mark(name: str, seconds: float) -> None:
     (DIR / f"{name}.done").write_text("done")
 
 
+def sleep_and_note_thread(name: str, seconds: float) -> None:
+    time.sleep(seconds)
+    (DIR / f"{name}.thread").write_text(str(threading.get_ident()))
+
+
 def block_in_io(name: str) -> None:
     """A sync task stuck in I/O far longer than any shutdown_timeout."""
     (DIR / f"{name}.started").write_text("started")
@@ -105,6 +111,8 @@ async def raw_endpoint(scope: Scope, receive: Receive, send: Send) -> None:
         tasks.add_task(wait_for_flag, name)
     elif scope["path"] == "/fail":
         tasks.add_task(fail_on_purpose, name)
+    elif scope["path"] == "/sleep-sync":
+        tasks.add_task(sleep_and_note_thread, name, float(query["seconds"][0]))
     elif scope["path"] == "/fail-base":
         tasks.add_task(fail_with_base_exception, name)
     elif scope["path"] == "/block-sync":
@@ -120,6 +128,7 @@ async def raw_endpoint(scope: Scope, receive: Receive, send: Send) -> None:
 attached = BackgroundTasksMiddleware(raw_endpoint)
 detached = BackgroundTasksMiddleware(raw_endpoint, detached=True)
 bounded_attached = BackgroundTasksMiddleware(raw_endpoint, shutdown_timeout=1)
+two_pending = BackgroundTasksMiddleware(raw_endpoint, detached=True, max_pending=2)
 bounded_detached = BackgroundTasksMiddleware(raw_endpoint, detached=True, shutdown_timeout=1)
 
 

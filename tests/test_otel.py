@@ -199,3 +199,36 @@ async def test_enqueued_calls_carry_the_request_span_to_the_dispatcher(
     await BackgroundTasksMiddleware(traced, dispatcher=Tracing())(http_scope(), receive, Recorder())
     [server] = [s for s in telemetry.finished() if s.kind == SpanKind.SERVER]
     assert seen == [server.context.span_id]
+
+
+async def test_spans_through_httpx_in_process(telemetry: Telemetry) -> None:
+    import httpx
+
+    app = traced_app(telemetry, detached=False)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        assert (await client.get("/signup")).status_code == 200
+    [server] = [s for s in telemetry.finished() if s.kind == SpanKind.SERVER]
+    span = telemetry.task_span("write_sync")
+    assert span.parent is not None and span.parent.span_id == server.context.span_id
+
+
+async def test_task_cancelled_while_running_is_a_cancelled_duration_not_a_drop(
+    telemetry: Telemetry,
+) -> None:
+    import anyio
+
+    from bgtasks import BackgroundTasks
+
+    async def hangs() -> None:
+        await anyio.sleep_forever()
+
+    tasks = BackgroundTasks()
+    tasks.add_task(hangs)
+    with anyio.move_on_after(0.05):
+        await tasks()
+    [point] = telemetry.points("bgtasks.task.duration")
+    assert point.attributes["bgtasks.task.outcome"] == "cancelled"
+    assert telemetry.points("bgtasks.tasks.dropped") == []
+    [pending] = telemetry.points("bgtasks.tasks.pending")
+    assert pending.value == 0

@@ -98,6 +98,50 @@ def test_shutdown_ends_on_time_with_a_sync_task_stuck_in_io(app: str, tmp_path: 
         assert not (tmp_path / "stuck.done").exists()
 
 
+def test_back_pressure_holds_the_next_response_under_uvicorn(tmp_path: Path) -> None:
+    import threading
+
+    with serve("uvicorn", "server_app:two_pending", tmp_path) as running:
+        for name in ("a", "b"):  # two requests' work pending: the budget is full
+            with running.connect() as connection:
+                assert connection.get(f"/wait?name={name}")[0] == 200
+        third: list[int] = []
+
+        def request() -> None:
+            with running.connect() as connection:
+                third.append(connection.get("/wait?name=c")[0])
+
+        thread = threading.Thread(target=request)
+        thread.start()
+        # The third response is held before its final body; a broken bound would let it
+        # through at once. (Its status line may arrive; the test waits for the whole reply.)
+        thread.join(1.0)
+        assert third == []
+        (tmp_path / "a.go").touch()  # room for one more
+        thread.join(20)
+        assert third == [200]
+        for name in ("b", "c"):
+            (tmp_path / f"{name}.go").touch()
+        wait_for((tmp_path / "c.done").exists, "the third request's task")
+
+
+def test_sync_work_that_waits_gets_more_threads_under_uvicorn(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with serve("uvicorn", "server_app:attached", tmp_path) as running:
+
+        def request(index: int) -> int:
+            with running.connect() as connection:
+                return connection.get(f"/sleep-sync?name=s{index}&seconds=0.03")[0]
+
+        with ThreadPoolExecutor(8) as pool:
+            assert list(pool.map(request, range(40))) == [200] * 40
+        for index in range(40):
+            wait_for((tmp_path / f"s{index}.thread").exists, f"task s{index}")
+    threads = {(tmp_path / f"s{index}.thread").read_text() for index in range(40)}
+    assert len(threads) > 1
+
+
 def test_detached_mode_on_daphne_fails_loudly(tmp_path: Path) -> None:
     with serve("daphne", "server_app:detached", tmp_path) as running, running.connect() as conn:
         status, _, _ = conn.get("/wait?name=never")
