@@ -289,7 +289,12 @@ class Engine:
                     if pending and not self.waking:
                         self._wake_one()  # if this job suspends, the next one still runs
                     job.scope = scope
-                    await job.run()
+                    try:
+                        await job.run()
+                    except Exception:  # a bug of ours: the job still settles, the consumer lives
+                        import logging
+
+                        logging.getLogger("bgtasks").exception("bgtasks consumer failed a job")
                     job.scope = None
                     job.settle()
                     job = None
@@ -624,20 +629,27 @@ class _Runner:
         finally:
             self._call_on_loop(thread_done.set)
 
-    def _drain(self) -> None:
+    def _claim_for_from_thread(self) -> None:
         # What anyio.to_thread does for its own workers, so that anyio.from_thread.run and
         # run_sync work in sync tasks as they do under Starlette. anyio keeps the token in a
-        # private thread-local; no public call sets it for a thread anyio did not start.
-        from anyio._core._eventloop import threadlocals
+        # private thread-local; no public call sets it for a thread anyio did not start. On
+        # trio, anyio then asks trio, which looks in its own private thread-local: it is filled
+        # as for an explicit token (calls run in trio's system nursery). Should either library
+        # move these, from_thread stops working here (a test pins it); the worker must not.
+        try:
+            from anyio._core._eventloop import threadlocals
 
-        threadlocals.current_token = self.token
-        if self.engine.loop is None:
-            # On trio, anyio then asks trio, which looks in its own private thread-local. Fill
-            # it as for an explicit token: calls run in trio's system nursery.
-            from trio._threads import PARENT_TASK_DATA
+            threadlocals.current_token = self.token
+            if self.engine.loop is None:
+                from trio._threads import PARENT_TASK_DATA
 
-            PARENT_TASK_DATA.token = self.engine.key  # type: ignore[assignment]
-            PARENT_TASK_DATA.abandon_on_cancel = True
+                PARENT_TASK_DATA.token = self.engine.key  # type: ignore[assignment]
+                PARENT_TASK_DATA.abandon_on_cancel = True
+        except (ImportError, AttributeError):  # pragma: no cover - a future anyio or trio
+            pass
+
+    def _drain(self) -> None:
+        self._claim_for_from_thread()
         me = threading.get_ident()
         bell = threading.Lock()  # held; the loop releases it to wake this worker
         bell.acquire()
@@ -658,7 +670,12 @@ class _Runner:
                             return
                     bell.acquire()  # rung just as the wait timed out
                 continue
-            batch.run()
+            try:
+                batch.run()
+            except BaseException:  # a bug of ours; the batch must still come back (rule 5)
+                import logging
+
+                logging.getLogger("bgtasks").exception("bgtasks worker failed running a batch")
             with self.lock:
                 del self.running[me]
                 if self.closing:
