@@ -3,9 +3,10 @@
 Rules:
 
 1. A ``Dispatcher`` adapts one engine. ``name_of`` names an engine task (and refuses anything
-   that is not one, at ``enqueue`` time); ``send`` sends a batch of calls and reports, per
-   call, whether the broker took it. ``send`` runs in one of the engine's worker threads:
-   engines' clients are sync, and that works on asyncio and trio alike.
+   that is not one, at ``enqueue`` time), and an optional ``check_call(func, args, kwargs)``
+   refuses arguments the engine cannot take, there too; ``send`` sends a batch of calls and
+   reports, per call, whether the broker took it. ``send`` runs in one of the engine's worker
+   threads: engines' clients are sync, and that works on asyncio and trio alike.
 2. Calls that several requests make in one loop iteration go out in one ``send``, so an engine
    with a batch API sends them in one round trip.
 3. Each call is sent in the contextvars of its ``enqueue`` (a tracing span, say), so the

@@ -466,7 +466,11 @@ class BackgroundTasks:
                 "enqueue on background tasks that have already run: the call would never be "
                 "sent. Enqueue before the response is sent, or use a new BackgroundTasks()."
             )
-        call = Call(func, args, kwargs, dispatcher.name_of(func))
+        name = dispatcher.name_of(func)
+        check = getattr(dispatcher, "check_call", None)  # optional: an engine's own rules
+        if check is not None:
+            check(func, args, kwargs)
+        call = Call(func, args, kwargs, name)
         if self._calls is None:
             self._calls = []
         self._calls.append(call)

@@ -149,3 +149,22 @@ async def test_direct_use_sends_enqueued_calls_and_raises_when_refused() -> None
     refused = r"refused 1 of 1 enqueued calls: \[test_dispatch.charge\]"
     with pytest.raises(RuntimeError, match=refused):
         await again()
+
+
+def test_procrastinate_refuses_positional_arguments_at_enqueue() -> None:
+    import procrastinate
+
+    from bgtasks.procrastinate import ProcrastinateDispatcher
+
+    app = procrastinate.App(connector=procrastinate.SyncPsycopgConnector(conninfo="postgresql://"))
+
+    @app.task(name="tests.welcome")
+    def welcome(to: str) -> None:
+        """Never runs: nothing is sent."""
+
+    tasks = BackgroundTasks(dispatcher=ProcrastinateDispatcher(app))
+    with pytest.raises(TypeError, match="keyword arguments only"):
+        tasks.enqueue(welcome, "ada")
+    assert tasks.enqueue(welcome, to="ada").name == "tests.welcome"
+    with pytest.raises(TypeError, match="Procrastinate task"):
+        tasks.enqueue(send_welcome, to="ada")
