@@ -55,7 +55,7 @@ async def _request_tasks(
             tasks, "the request ended in an exception, so its background tasks were dropped"
         )
         raise
-    if tasks._next < len(tasks):  # FastAPI dropped its background: run them here
+    if _tasks.has_unstarted(tasks):  # FastAPI dropped its background: run them here
         await run()
 
 

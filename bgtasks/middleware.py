@@ -40,7 +40,17 @@ from .dispatch import Dispatcher, send_calls
 
 if TYPE_CHECKING:
     from .local import LocalDispatcher
-from .tasks import BackgroundTasks, Run, log_dropped, logger, refused_calls
+from .tasks import (
+    BackgroundTasks,
+    Run,
+    close,
+    has_calls,
+    has_tasks,
+    log_dropped,
+    logger,
+    refused_calls,
+    take_calls,
+)
 
 __all__ = ["BackgroundTasksMiddleware", "get_background_tasks"]
 
@@ -67,7 +77,7 @@ _UNAVAILABLE_BODY: Message = {"type": "http.response.body", "body": _UNAVAILABLE
 
 
 def _log_unsent(tasks: BackgroundTasks, reason: str) -> None:
-    calls = tasks._take_calls()
+    calls = take_calls(tasks)
     if _observe.observers:
         for call in calls:
             _observe.report("dropped", call, f"{reason}, so it was not sent")
@@ -271,13 +281,13 @@ class BackgroundTasksMiddleware:
             if kind == "http.response.start":
                 trailers = bool(message.get("trailers", False))
                 status = message["status"]
-                if tasks._calls:  # hold it: the client learns nothing before they are queued
+                if has_calls(tasks):  # hold it: the client learns nothing before they are queued
                     held = message
                     return
             elif not complete:
                 test = COMPLETES_RESPONSE.get(kind)
                 complete = test is not None and test(message, trailers)
-                if complete and tasks._tasks and len(work) >= max_pending:
+                if complete and len(work) >= max_pending and has_tasks(tasks):
                     # Back-pressure: hold the end of the response until there is room. Holding
                     # the call's return would not do: servers read the next request on the
                     # connection as soon as the response is complete.
@@ -300,9 +310,9 @@ class BackgroundTasksMiddleware:
         try:
             await self.app(scope, receive, tracking_send)
         except BaseException as exc:
-            if tasks._calls:
+            if has_calls(tasks):
                 _log_unsent(tasks, "the app raised")
-            if not tasks._tasks:
+            if not has_tasks(tasks):
                 raise
             if complete and isinstance(exc, anyio.get_cancelled_exc_class()):
                 # The server cancelled the call after the response was delivered: the work
@@ -315,13 +325,13 @@ class BackgroundTasksMiddleware:
                 raise
             log_dropped(tasks, "the app raised, so its request's background tasks were dropped")
             raise
-        if tasks._calls:  # enqueued after the response started: sent now, refusals only logged
+        if has_calls(tasks):  # enqueued after the response started: sent now, refusals logged
             if complete:
                 await self._send_enqueued(tasks, status, refused_means_503=False)
             else:
                 _log_unsent(tasks, "the app returned without completing its response")
-        if not tasks._tasks:
-            tasks._closed = True
+        if not has_tasks(tasks):
+            close(tasks)
             return
         if not complete:
             log_dropped(tasks, "the app returned without completing its response; tasks dropped")
@@ -342,7 +352,7 @@ class BackgroundTasksMiddleware:
             _log_unsent(tasks, f"the response's status {status} fails run_if")
             return True
         assert self.dispatcher is not None
-        calls = tasks._take_calls()
+        calls = take_calls(tasks)
         refused = refused_calls(calls, await send_calls(self.dispatcher, calls))
         if not refused:
             return True

@@ -612,6 +612,33 @@ class BackgroundTasks:
         failures.extend(failure for _, failure in indexed)
 
 
+# For the middleware and the integrations: what they need of a request's list, so that no module
+# reaches into another's private names.
+
+
+def has_tasks(tasks: BackgroundTasks) -> bool:
+    return bool(tasks._tasks)
+
+
+def has_calls(tasks: BackgroundTasks) -> bool:
+    """Calls are enqueued and not yet sent."""
+    return bool(tasks._calls)
+
+
+def take_calls(tasks: BackgroundTasks) -> list[Call]:
+    """The enqueued calls, which the caller now sends or drops."""
+    return tasks._take_calls()
+
+
+def has_unstarted(tasks: BackgroundTasks) -> bool:
+    return tasks._next < len(tasks._tasks)
+
+
+def close(tasks: BackgroundTasks) -> None:
+    """It will not run (it has nothing to run): a later add_task must raise."""
+    tasks._closed = True
+
+
 def refused_calls(
     calls: Sequence[Call], results: Sequence[BaseException | None]
 ) -> list[tuple[Call, BaseException]]:
