@@ -86,7 +86,7 @@ def current_thread_limiter() -> anyio.CapacityLimiter:
     return engine.limiter
 
 
-class Call(Protocol):
+class SyncCall(Protocol):
     """What a worker thread needs of a sync task."""
 
     @property
@@ -165,7 +165,7 @@ class Job:
     None. ``settle`` runs once, on the loop, when the job has ended either way.
     """
 
-    __slots__ = ("engine", "work", "signal", "scope", "batch", "settled")
+    __slots__ = ("work", "signal", "scope", "batch", "settled")
 
     def __init__(self) -> None:
         self.work: Work | None = None
@@ -177,7 +177,7 @@ class Job:
     async def run(self) -> None:
         raise NotImplementedError
 
-    def sync_calls(self) -> Sequence[Call] | None:
+    def sync_calls(self) -> Sequence[SyncCall] | None:
         return None
 
     def batch_done(self, batch: SyncBatch) -> bool:
@@ -420,7 +420,7 @@ class SyncBatch:
     )
 
     def __init__(
-        self, calls: Sequence[Call], job: Job | None = None, observed: bool = True
+        self, calls: Sequence[SyncCall], job: Job | None = None, observed: bool = True
     ) -> None:
         self.calls = calls
         self.job = job
@@ -458,7 +458,7 @@ class SyncBatch:
             if observed:
                 context.run(_observe.report, "finished", call, None, False)
 
-    def _fail(self, call: Call, error: Exception, observed: bool) -> None:
+    def _fail(self, call: SyncCall, error: Exception, observed: bool) -> None:
         if self.errors is None:
             self.errors = []
         self.errors.append((call, error))
