@@ -38,7 +38,7 @@ async def async_noop() -> None:
     return None
 
 
-async def _lifespan(receive: Any, send: Any) -> None:
+async def answer_lifespan(receive: Any, send: Any) -> None:
     while True:
         message = await receive()
         await send({"type": message["type"] + ".complete"})
@@ -51,7 +51,7 @@ async def _lifespan(receive: Any, send: Any) -> None:
 
 async def raw(scope: Any, receive: Any, send: Any) -> None:
     if scope["type"] == "lifespan":
-        return await _lifespan(receive, send)
+        return await answer_lifespan(receive, send)
     await send(START)
     await send(BODY_MESSAGE)
 
@@ -59,7 +59,7 @@ async def raw(scope: Any, receive: Any, send: Any) -> None:
 async def raw_inline_write_log(scope: Any, receive: Any, send: Any) -> None:
     """The one-core floor: the task's own work, on the loop, right after the response."""
     if scope["type"] == "lifespan":
-        return await _lifespan(receive, send)
+        return await answer_lifespan(receive, send)
     await send(START)
     await send(BODY_MESSAGE)
     write_log(scope["path"])
@@ -70,7 +70,7 @@ def _app(response: Any, tasks: Any, func: Any = None, with_path: bool = False) -
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            return await _lifespan(receive, send)
+            return await answer_lifespan(receive, send)
         background = None
         if func is not None:
             background = tasks()
@@ -102,7 +102,7 @@ bgtasks_sync_noop = _app(*_B, sync_noop)
 def _endpoint(func: Any) -> Any:
     async def app(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            return await _lifespan(receive, send)
+            return await answer_lifespan(receive, send)
         bgtasks.get_background_tasks(scope).add_task(func, scope["path"])
         await send(START)
         await send(BODY_MESSAGE)
@@ -125,7 +125,7 @@ def db_write(message: str) -> None:
 def _starlette_db_write() -> Any:
     async def app(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            return await _lifespan(receive, send)
+            return await answer_lifespan(receive, send)
         task = starlette.background.BackgroundTask(db_write, scope["path"])
         await starlette.responses.Response(BODY, background=task)(scope, receive, send)
 

@@ -14,18 +14,12 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import shutil
-import signal
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+from harness import ensure_wrk, ms, uvicorn, wrk
 
 # (row label, app in benchmarks/apps.py, whether each request appends a log line)
 APPS = [
@@ -53,97 +47,17 @@ class Run:
     log_lines: int
 
 
-def ensure_wrk() -> str:
-    found = shutil.which("wrk")
-    if found:
-        return found
-    print("wrk is missing; installing it from Debian", file=sys.stderr)
-    apt = [] if os.geteuid() == 0 else ["sudo"]
-    subprocess.run([*apt, "apt-get", "update", "-qq"], check=True)
-    subprocess.run([*apt, "apt-get", "install", "-y", "-qq", "wrk"], check=True)
-    return shutil.which("wrk") or "wrk"
-
-
-def pinned(core: int, command: list[str]) -> list[str]:
-    if (os.cpu_count() or 1) >= 2 and shutil.which("taskset"):
-        return ["taskset", "-c", str(core), *command]
-    return command
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _ms(text: str) -> float:
-    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
-    return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
-
-
-def run_one(wrk: str, app: str, seconds: float, connections: int, workdir: Path) -> Run:
+def run_one(
+    wrk_binary: str, app: str, seconds: float, connections: int, workdir: Path
+) -> Run:
     log = workdir / f"{app}.log"
     log.unlink(missing_ok=True)
-    port = free_port()
-    server = subprocess.Popen(
-        pinned(
-            0,
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                f"apps:{app}",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--loop",
-                "uvloop",
-                "--http",
-                "httptools",
-                "--workers",
-                "1",
-                "--no-access-log",
-                "--log-level",
-                "warning",
-            ],
-        ),
-        cwd=HERE,
-        env={**os.environ, "BGTASKS_BENCH_LOG": str(log)},
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise RuntimeError(f"uvicorn did not start {app}") from None
-                time.sleep(0.05)
-        output = subprocess.run(
-            pinned(
-                1,
-                [
-                    wrk,
-                    "-t1",
-                    f"-c{connections}",
-                    f"-d{seconds:g}s",
-                    "--latency",
-                    f"http://127.0.0.1:{port}/",
-                ],
-            ),
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=seconds + 60,
-        ).stdout
-    finally:
-        server.send_signal(signal.SIGTERM)  # uvicorn waits for running background tasks
-        server.wait(timeout=120)
+    env = {**os.environ, "BGTASKS_BENCH_LOG": str(log)}
+    with uvicorn(f"apps:{app}", env, stop_timeout=120) as (_, port):
+        output = wrk(wrk_binary, port, seconds, connections)
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
-    p50 = _ms(re.search(r"^\s+50%\s+(\S+)", output, re.M).group(1))  # type: ignore[union-attr]
-    p99 = _ms(re.search(r"^\s+99%\s+(\S+)", output, re.M).group(1))  # type: ignore[union-attr]
+    p50 = ms(re.search(r"^\s+50%\s+(\S+)", output, re.M).group(1))  # type: ignore[union-attr]
+    p99 = ms(re.search(r"^\s+99%\s+(\S+)", output, re.M).group(1))  # type: ignore[union-attr]
     responses = int(re.search(r"(\d+) requests in", output).group(1))  # type: ignore[union-attr]
     lines = log.read_text().count("\n") if log.exists() else 0
     return Run(rps, p50, p99, responses, lines)
@@ -156,13 +70,13 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--only", help="comma-separated app names to run")
     args = parser.parse_args()
-    wrk = ensure_wrk()
+    wrk_binary = ensure_wrk()
     apps = [row for row in APPS if not args.only or row[1] in args.only.split(",")]
     runs: dict[str, list[Run]] = {app: [] for _, app, _ in apps}
     with tempfile.TemporaryDirectory() as workdir:
         for _ in range(args.rounds):
             for _, app, logs in apps:
-                run = run_one(wrk, app, args.seconds, args.connections, Path(workdir))
+                run = run_one(wrk_binary, app, args.seconds, args.connections, Path(workdir))
                 if logs and run.log_lines < run.responses:
                     raise SystemExit(
                         f"{app}: {run.log_lines} log lines < {run.responses} responses"

@@ -12,19 +12,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
-from pathlib import Path
 
-from e2e import _ms, ensure_wrk, free_port, pinned
+from harness import ensure_wrk, free_port, ms, uvicorn, wrk
 
-HERE = Path(__file__).resolve().parent
 APPS = [
     ("middleware + 1 in-process `write_log` task", "in_process_write_log"),
     ("middleware + 1 `enqueue` (CeleryDispatcher)", "enqueue"),
@@ -42,58 +38,13 @@ def ensure_redis() -> str:
     return found
 
 
-def run_one(wrk: str, app: str, seconds: float, env: dict[str, str]) -> tuple[float, float]:
-    port = free_port()
-    server = subprocess.Popen(
-        pinned(
-            0,
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                f"enqueue_apps:{app}",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--loop",
-                "uvloop",
-                "--http",
-                "httptools",
-                "--no-access-log",
-                "--log-level",
-                "warning",
-            ],
-        ),
-        cwd=HERE,
-        env=env,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"uvicorn did not start {app}") from None
-                time.sleep(0.05)
-        output = subprocess.run(
-            pinned(
-                1, [wrk, "-t1", "-c32", f"-d{seconds:g}s", "--latency", f"http://127.0.0.1:{port}/"]
-            ),
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=seconds + 60,
-        ).stdout
-    finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(timeout=120)
-    import re
-
+def run_one(
+    wrk_binary: str, app: str, seconds: float, env: dict[str, str]
+) -> tuple[float, float]:
+    with uvicorn(f"enqueue_apps:{app}", env, stop_timeout=120) as (_, port):
+        output = wrk(wrk_binary, port, seconds)
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
-    p99 = _ms(re.search(r"^\s+99%\s+(\S+)", output, re.M).group(1))  # type: ignore[union-attr]
+    p99 = ms(re.search(r"^\s+99%\s+(\S+)", output, re.M).group(1))  # type: ignore[union-attr]
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
     if non_2xx:
         raise SystemExit(f"{app}: {non_2xx.group(1)} responses were not 2xx")
@@ -105,7 +56,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=5.0)
     args = parser.parse_args()
-    wrk, redis = ensure_wrk(), ensure_redis()
+    wrk_binary, redis = ensure_wrk(), ensure_redis()
     port = free_port()
     with tempfile.TemporaryDirectory() as workdir:
         broker = subprocess.Popen(
@@ -134,7 +85,7 @@ def main() -> None:
             runs: dict[str, list[tuple[float, float]]] = {app: [] for _, app in APPS}
             for _ in range(args.rounds):
                 for _, app in APPS:
-                    runs[app].append(run_one(wrk, app, args.seconds, env))
+                    runs[app].append(run_one(wrk_binary, app, args.seconds, env))
         finally:
             broker.terminate()
             broker.wait(10)

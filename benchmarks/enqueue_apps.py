@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from apps import BODY_MESSAGE, START, _lifespan, write_log
+from apps import BODY_MESSAGE, START, answer_lifespan, write_log
 from celery import Celery
 
 import bgtasks
@@ -22,7 +22,7 @@ def record(path: str) -> None:
 
 async def _enqueue(scope: Any, receive: Any, send: Any) -> None:
     if scope["type"] == "lifespan":
-        return await _lifespan(receive, send)
+        return await answer_lifespan(receive, send)
     bgtasks.get_background_tasks(scope).enqueue(record, scope["path"])
     await send(START)
     await send(BODY_MESSAGE)
@@ -31,7 +31,7 @@ async def _enqueue(scope: Any, receive: Any, send: Any) -> None:
 async def delay_in_handler(scope: Any, receive: Any, send: Any) -> None:
     """What handlers do today: publish with .delay() on the event loop, then respond."""
     if scope["type"] == "lifespan":
-        return await _lifespan(receive, send)
+        return await answer_lifespan(receive, send)
     record.delay(scope["path"])
     await send(START)
     await send(BODY_MESSAGE)
@@ -39,7 +39,7 @@ async def delay_in_handler(scope: Any, receive: Any, send: Any) -> None:
 
 async def _write_log(scope: Any, receive: Any, send: Any) -> None:
     if scope["type"] == "lifespan":
-        return await _lifespan(receive, send)
+        return await answer_lifespan(receive, send)
     bgtasks.get_background_tasks(scope).add_task(write_log, scope["path"])
     await send(START)
     await send(BODY_MESSAGE)

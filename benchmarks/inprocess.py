@@ -22,12 +22,14 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
 import starlette.background
 import starlette.responses
+from apps import answer_lifespan
 
 import bgtasks
 
@@ -68,11 +70,7 @@ BODY_MESSAGE = {"type": "http.response.body", "body": b"Hello, world!"}
 def _endpoint(funcs: list[Callable[[], Any]]) -> Any:
     async def app(scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                await send({"type": message["type"] + ".complete"})
-                if message["type"] == "lifespan.shutdown":
-                    return
+            return await answer_lifespan(receive, send)
         if funcs:
             tasks = bgtasks.get_background_tasks(scope)
             for func in funcs:
@@ -180,6 +178,18 @@ async def sample(implementation: str, variant: str) -> float:
     return (time.perf_counter() - start) / calls * 1e6
 
 
+@asynccontextmanager
+async def middleware_started() -> AsyncIterator[None]:
+    """Every middleware variant inside a running lifespan (detached mode needs one)."""
+    stop = anyio.Event()
+    async with anyio.create_task_group() as group:
+        for app in MIDDLEWARE.values():
+            group.start_soon(_lifespan, app, stop)
+        await anyio.wait_all_tasks_blocked()
+        yield
+        stop.set()
+
+
 async def _lifespan(app: Any, stop: anyio.Event) -> None:
     """Play the server's side of lifespan: startup now, shutdown once ``stop`` is set."""
     started = False
@@ -197,17 +207,12 @@ async def _lifespan(app: Any, stop: anyio.Event) -> None:
 
 async def measure(repeats: int) -> dict[tuple[str, str], float]:
     samples: dict[tuple[str, str], list[float]] = {}
-    stop = anyio.Event()
-    async with anyio.create_task_group() as group:
-        for app in MIDDLEWARE.values():
-            group.start_soon(_lifespan, app, stop)
-        await anyio.wait_all_tasks_blocked()
+    async with middleware_started():
         for _ in range(repeats):
             for variant in VARIANTS:
                 for implementation in NAMES:
                     value = await sample(implementation, variant)
                     samples.setdefault((variant, implementation), []).append(value)
-        stop.set()
     return {key: statistics.median(values) for key, values in samples.items()}
 
 

@@ -15,7 +15,7 @@ import statistics
 from typing import Any
 
 import anyio
-from inprocess import MIDDLEWARE, _lifespan, sample
+from inprocess import middleware_started, sample
 
 import bgtasks
 
@@ -37,13 +37,9 @@ def _otel() -> Any:
 
 async def measure(repeats: int) -> dict[tuple[str, str, str], float]:
     samples: dict[tuple[str, str, str], list[float]] = {}
-    stop = anyio.Event()
     noop = bgtasks.Observer()
     instrumentor, tracer_provider, meter_provider = _otel()
-    async with anyio.create_task_group() as group:
-        for app in MIDDLEWARE.values():
-            group.start_soon(_lifespan, app, stop)
-        await anyio.wait_all_tasks_blocked()
+    async with middleware_started():
         for _ in range(repeats):
             for variant in VARIANTS:
                 for mode in MODES:
@@ -62,7 +58,6 @@ async def measure(repeats: int) -> dict[tuple[str, str, str], float]:
                             elif observed == "otel":
                                 instrumentor.uninstrument()
                         samples.setdefault((variant, mode, observed), []).append(value)
-        stop.set()
     return {key: statistics.median(values) for key, values in samples.items()}
 
 

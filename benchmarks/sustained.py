@@ -16,17 +16,13 @@ import argparse
 import os
 import re
 import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-from e2e import ensure_wrk, free_port, pinned
+from harness import ensure_wrk, uvicorn, wrk
 
-HERE = Path(__file__).resolve().parent
 APPS = [
     ("Starlette `BackgroundTask`", "starlette_db_write"),
     ("bgtasks middleware, attached", "mw_attached_db_write"),
@@ -43,47 +39,11 @@ def lines(path: Path) -> int:
     return path.read_text().count("\n") if path.exists() else 0
 
 
-def run_one(wrk: str, app: str, seconds: int, workdir: Path) -> dict[str, object]:
+def run_one(wrk_binary: str, app: str, seconds: int, workdir: Path) -> dict[str, object]:
     log = workdir / f"{app}.log"
     server_log = workdir / f"{app}.server.log"
-    port = free_port()
-    with open(server_log, "wb") as out:
-        server = subprocess.Popen(
-            pinned(
-                0,
-                [
-                    sys.executable,
-                    "-m",
-                    "uvicorn",
-                    f"apps:{app}",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(port),
-                    "--loop",
-                    "uvloop",
-                    "--http",
-                    "httptools",
-                    "--no-access-log",
-                    "--log-level",
-                    "warning",
-                ],
-            ),
-            cwd=HERE,
-            env={**os.environ, "BGTASKS_BENCH_LOG": str(log)},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"uvicorn did not start {app}") from None
-                time.sleep(0.05)
+    env = {**os.environ, "BGTASKS_BENCH_LOG": str(log)}
+    with open(server_log, "wb") as out, uvicorn(f"apps:{app}", env, out) as (server, port):
         samples: list[float] = []
         stop = threading.Event()
 
@@ -93,15 +53,7 @@ def run_one(wrk: str, app: str, seconds: int, workdir: Path) -> dict[str, object
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
-        output = subprocess.run(
-            pinned(
-                1, [wrk, "-t1", "-c32", f"-d{seconds}s", "--latency", f"http://127.0.0.1:{port}/"]
-            ),
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=seconds + 60,
-        ).stdout
+        output = wrk(wrk_binary, port, seconds)
         stop.set()
         sampler.join()
         done_at_stop = lines(log)
@@ -109,10 +61,6 @@ def run_one(wrk: str, app: str, seconds: int, workdir: Path) -> dict[str, object
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=300)
         exit_seconds = time.monotonic() - started
-    finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait()
     responses = int(re.search(r"(\d+) requests in", output).group(1))  # type: ignore[union-attr]
     text = server_log.read_text(errors="replace")
     named = sum(
@@ -133,7 +81,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=30)
     args = parser.parse_args()
-    wrk = ensure_wrk()
+    wrk_binary = ensure_wrk()
     print(
         f"uvicorn (uvloop, httptools) on core 0; wrk -t1 -c32 -d{args.seconds}s on core 1; "
         f"one 5 ms sync task per request; one run each.\n"
@@ -145,7 +93,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as workdir:
         for label, app in APPS:
-            r = run_one(wrk, app, args.seconds, Path(workdir))
+            r = run_one(wrk_binary, app, args.seconds, Path(workdir))
             rss: list[float] = r["rss"]  # type: ignore[assignment]
             lost = r["responses"] - r["done_at_exit"] - r["named"]  # type: ignore[operator]
             at = [rss[min(i, len(rss) - 1)] for i in (4, 14, len(rss) - 1)] if rss else []

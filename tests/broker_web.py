@@ -9,6 +9,7 @@ from urllib.parse import parse_qs
 
 from celery_app import app as celery_app
 from celery_app import record
+from helpers import answer_lifespan
 
 from bgtasks import BackgroundTasksMiddleware, Receive, Scope, Send, get_background_tasks
 from bgtasks.celery import CeleryDispatcher
@@ -25,11 +26,7 @@ def _endpoint(task: Any, keywords: bool) -> Any:
 
 async def _serve(scope: Scope, receive: Receive, send: Send, task: Any, keywords: bool) -> None:
     if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            await send({"type": message["type"] + ".complete"})
-            if message["type"] == "lifespan.shutdown":
-                return
+        return await answer_lifespan(receive, send)
     query = parse_qs(scope["query_string"].decode())
     name = query.get("name", ["x"])[0]
     seconds = float(query.get("seconds", ["0"])[0])

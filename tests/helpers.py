@@ -38,6 +38,15 @@ class Recorder:
         )
 
 
+async def answer_lifespan(receive: Any, send: Any) -> None:
+    """The lifespan protocol of an app with nothing to start or stop: complete each step."""
+    while True:
+        message = await receive()
+        await send({"type": message["type"] + ".complete"})
+        if message["type"] == "lifespan.shutdown":
+            return
+
+
 async def no_receive() -> dict[str, Any]:
     raise AssertionError("background work must never call receive()")
 

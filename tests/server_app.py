@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import anyio
+from helpers import answer_lifespan
 
 from bgtasks import (
     BackgroundTask,
@@ -63,12 +64,7 @@ async def fail_with_base_exception(name: str) -> None:
     raise Custom(f"task {name} raised a BaseException on purpose")
 
 
-async def lifespan(receive: Receive, send: Send) -> None:
-    while True:
-        message = await receive()
-        await send({"type": message["type"] + ".complete"})
-        if message["type"] == "lifespan.shutdown":
-            return
+lifespan = answer_lifespan  # these apps have nothing to start or stop
 
 
 async def app(scope: Scope, receive: Receive, send: Send) -> None:

@@ -130,9 +130,18 @@ def celery_worker(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[b
         "--loglevel",
         "INFO",
     ]
+    with _ready(command, env, log, b"ready.") as process:
+        yield process
+
+
+@contextmanager
+def _ready(
+    command: list[str], env: dict[str, str], log: Path, marker: bytes
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Start a worker process; yield once ``marker`` appears in what it logs from now on."""
     start = log.stat().st_size if log.exists() else 0
     with _process(command, log, env) as process:
-        wait_for(lambda: b"ready." in log.read_bytes()[start:], "the Celery worker", 60)
+        wait_for(lambda: marker in log.read_bytes()[start:], f"{command[2]} worker", 60)
         yield process
 
 
@@ -263,9 +272,7 @@ class ProcrastinateEngine(Engine):
             "--app=procrastinate_app.worker_app",
             "worker",
         ]
-        start = log.stat().st_size if log.exists() else 0
-        with _process(command, log, env) as process:
-            wait_for(lambda: b"Starting worker" in log.read_bytes()[start:], "the worker", 60)
+        with _ready(command, env, log, b"Starting worker") as process:
             yield process
 
     def recover(self, env: dict[str, str]) -> None:

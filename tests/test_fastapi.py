@@ -82,9 +82,7 @@ def test_tasks_run_after_the_response_before_yield_dependencies_close(backend: s
         log.append(f"task: body sent {body_sent}, session open {session['open']}")
 
     @api.post("/")
-    async def endpoint(
-        tasks: BackgroundTasks, session: Annotated[Any, Depends(database)]
-    ) -> str:
+    async def endpoint(tasks: BackgroundTasks, session: Annotated[Any, Depends(database)]) -> str:
         tasks.add_task(write, session)
         return "ok"
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import anyio
 import pytest
-from helpers import Lifespan, Recorder, http_scope, no_receive
+from helpers import Lifespan, Recorder, answer_lifespan, http_scope, no_receive
 
 from bgtasks import (
     BackgroundTasks,
@@ -41,11 +41,7 @@ def fresh() -> None:
 def enqueuing(func: Any, status: int = 200) -> Any:
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                await send({"type": message["type"] + ".complete"})
-                if message["type"] == "lifespan.shutdown":
-                    return
+            return await answer_lifespan(receive, send)
         get_background_tasks(scope).enqueue(func, "ada")
         await Response(b"ok", status_code=status)(scope, receive, send)
 

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from helpers import Lifespan, Recorder, http_scope
+from helpers import Lifespan, Recorder, answer_lifespan, http_scope
 from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -78,11 +78,7 @@ def fails() -> None:
 def traced_app(telemetry: Telemetry, detached: bool) -> Any:
     async def endpoint(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                await send({"type": message["type"] + ".complete"})
-                if message["type"] == "lifespan.shutdown":
-                    return
+            return await answer_lifespan(receive, send)
         tasks = get_background_tasks(scope)
         tasks.add_task(write_async, [])
         tasks.add_task(write_sync, [])
