@@ -67,6 +67,7 @@ logger: logging.Logger = _Logger()  # type: ignore[assignment]
 
 Failure = tuple["BackgroundTask", Exception]
 _Coroutine = types.CoroutineType
+_copy_context = contextvars.copy_context
 
 
 def _unwrap(func: object) -> object:
@@ -90,6 +91,11 @@ def is_async_callable(func: object) -> bool:
 
     Generator functions are refused: calling one only makes a generator, its body never runs.
     """
+    return _classify(func, "add_task")
+
+
+def _classify(func: object, where: str) -> bool:
+    # is_async_callable, and the TypeError of ``where`` for what is not callable at all.
     kind = type(func)
     if kind is types.FunctionType or (
         kind is types.MethodType and type(func.__func__) is types.FunctionType  # type: ignore[attr-defined]
@@ -103,6 +109,8 @@ def is_async_callable(func: object) -> bool:
         # coroutines; only then is the slow check needed.
         if not hasattr(_unwrap_method(func), "_is_coroutine_marker"):
             return False
+    if not callable(func):
+        reject_non_callable(func, where)
     import inspect
 
     func = _unwrap(func)
@@ -151,7 +159,7 @@ def reject_non_callable(func: object, where: str) -> NoReturn:
 @types.coroutine
 def _drive(
     holder: BackgroundTasks,
-    failures: list[Failure],
+    failures: list[Failure] | None,
     log_unfinished: bool = True,
     index: int = 0,
     end: int = 0,
@@ -162,7 +170,14 @@ def _drive(
     # unchanged, and what the loop sends or throws back goes in unchanged, so this works on
     # asyncio and trio alike and costs no new task. tasks[index:end] are claimed by this run
     # and not started yet; tasks[end:] are claimed at holder._next, as this run gets to them.
+    # With failures=None the failures are logged here, at the end, instead of collected.
+    #
+    # It is on every request's path, so the common case comes first and costs least: an async
+    # task whose first step finishes it (it never suspends).
     tasks = holder._tasks
+    log = failures is None
+    if failures is None:
+        failures = []
     batch: SyncBatch | None = None
     task: BackgroundTask | None = tasks[index - 1] if awaitable is not None else None
     quiet = 0  # tasks finished in a row without suspending
@@ -188,10 +203,10 @@ def _drive(
                         # Calling an async callable only creates its coroutine: no user code
                         # runs yet, so this needs no context. Its steps run in it, below.
                         awaitable = task.func(*task.args, **task.kwargs)
-                    except Exception as exc:
-                        failures.append((task, exc))
-                        if _observe.observers:
-                            task.context.run(_observe.report, "finished", task, exc, False)
+                    except BaseException as exc:
+                        if _stops_the_run(exc):
+                            raise
+                        _fail(task, exc, failures)
                         continue
                 else:
                     batch = SyncBatch(tasks[index:end])
@@ -208,59 +223,60 @@ def _drive(
             assert task is not None
             context = task.context
             current, awaitable = awaitable, None
-            value: Any = None
-            error: BaseException | None = None
             try:
-                iterator: Any = current if type(current) is _Coroutine else current.__await__()
-            except Exception as exc:
-                failures.append((task, exc))
+                if type(current) is not _Coroutine:
+                    current = current.__await__()
+                yielded = context.run(current.send, None)
+            except StopIteration:  # done in its first step: the common case
                 if _observe.observers:
-                    context.run(_observe.report, "finished", task, exc, False)
+                    context.run(_observe.report, "finished", task, None, False)
+                quiet += 1
+                if quiet >= _CHECKPOINT_EVERY:  # let cancellation and other work through
+                    quiet = 0
+                    task = None
+                    import anyio.lowlevel
+
+                    yield from anyio.lowlevel.checkpoint().__await__()
                 continue
-            suspended = False
+            except BaseException as exc:
+                if _stops_the_run(exc):
+                    raise
+                _fail(task, exc, failures)
+                continue
+            # The task suspended: pass what it waits on to the loop, until it finishes.
+            quiet = 0
             while True:
                 try:
-                    if error is None:
-                        yielded = context.run(iterator.send, value)
-                    else:
-                        yielded = context.run(iterator.throw, error)
+                    value = yield yielded
+                except GeneratorExit:
+                    context.run(current.close)
+                    raise
+                except BaseException as error:
+                    # The loop threw `error` in (asyncio's cancellation of the run): it
+                    # propagates, whatever the task turned it into.
+                    try:
+                        yielded = context.run(current.throw, error)
+                    except StopIteration:  # it swallowed the error and returned
+                        if _observe.observers:
+                            context.run(_observe.report, "finished", task, None, False)
+                        break
+                    except BaseException as exc:
+                        if exc is not error and isinstance(exc, Exception):
+                            failures.append((task, exc))
+                        raise error from None
+                    continue
+                try:
+                    yielded = context.run(current.send, value)
                 except StopIteration:
                     if _observe.observers:
                         context.run(_observe.report, "finished", task, None, False)
                     break
                 except BaseException as exc:
-                    if error is not None:
-                        # The loop threw `error` in (asyncio's cancellation of the run): it
-                        # propagates, whatever the task turned it into.
-                        if exc is not error and isinstance(exc, Exception):
-                            failures.append((task, exc))
-                        raise error from None
                     if _stops_the_run(exc):
                         raise
-                    failure = _as_failure(exc)
-                    failures.append((task, failure))
-                    if _observe.observers:
-                        context.run(_observe.report, "finished", task, failure, False)
+                    _fail(task, exc, failures)
                     break
-                suspended = True
-                try:
-                    value = yield yielded
-                    error = None
-                except GeneratorExit:
-                    context.run(iterator.close)
-                    raise
-                except BaseException as exc:
-                    value, error = None, exc
             task = None
-            if suspended:
-                quiet = 0
-            else:
-                quiet += 1
-                if quiet >= _CHECKPOINT_EVERY:  # let cancellation and other work through
-                    quiet = 0
-                    import anyio.lowlevel
-
-                    yield from anyio.lowlevel.checkpoint().__await__()
     except BaseException as stop:
         if batch is not None:
             batch.stopped = True  # its worker starts no further task of it
@@ -280,6 +296,15 @@ def _drive(
         holder._runs -= 1
         if not holder._runs:
             holder._closed = True  # a list that has run is closed: add_task would be lost
+    if log and failures:
+        log_failures(failures)
+
+
+def _fail(task: BackgroundTask, exc: BaseException, failures: list[Failure]) -> None:
+    failure = _as_failure(exc)
+    failures.append((task, failure))
+    if _observe.observers:
+        task.context.run(_observe.report, "finished", task, failure, False)
 
 
 def _stops_the_run(exc: BaseException) -> bool:
@@ -327,9 +352,12 @@ class BackgroundTask:
     _name: str | None
 
     def __init__(self, func: Callable[P, Any], /, *args: P.args, **kwargs: P.kwargs) -> None:
-        if not callable(func):
-            reject_non_callable(func, type(self).__name__)
-        _fill(self, func, args, kwargs)
+        self.is_async = _classify(func, type(self).__name__)
+        self.func = func
+        self.args = args
+        self.kwargs = kwargs
+        self.context = _copy_context()  # the snapshot the task will run in
+        self._name = None
 
     @property
     def name(self) -> str:
@@ -358,18 +386,6 @@ class BackgroundTask:
         copy.is_async, copy._name = self.is_async, self._name
         copy.context = self.context.copy()
         return copy
-
-
-def _fill(
-    task: BackgroundTask, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> BackgroundTask:
-    task.func = func
-    task.args = args
-    task.kwargs = kwargs
-    task.is_async = is_async_callable(func)
-    task.context = contextvars.copy_context()  # the snapshot the task will run in
-    task._name = None
-    return task
 
 
 _NO_TASKS: tuple[BackgroundTask, ...] = ()
@@ -491,17 +507,20 @@ class BackgroundTasks:
         contextvars are captured here. Raises TypeError for a non-callable or a generator
         function, and RuntimeError once the list has run (it is single use).
         """
-        if not callable(func):
-            reject_non_callable(func, "add_task")
+        # BackgroundTask(func, *args, **kwargs), inlined: add_task is on every request's path.
+        task = object.__new__(BackgroundTask)
+        task.is_async = _classify(func, "add_task")
         if self._closed:
             raise RuntimeError(
                 f"add_task({_name_of(func)}) on background tasks that have already run: the "
                 f"task would never run. Add tasks before the response is sent (or before "
                 f"awaiting the list), or use a new BackgroundTasks()."
             )
-        # BackgroundTask(func, *args, **kwargs) without packing the arguments a second time:
-        # add_task is on every request's path.
-        task = _fill(object.__new__(BackgroundTask), func, args, kwargs)
+        task.func = func
+        task.args = args
+        task.kwargs = kwargs
+        task.context = _copy_context()  # the snapshot the task will run in
+        task._name = None
         self._tasks.append(task)
         if _observe.observers:
             _observe.report("added", task)
@@ -679,16 +698,15 @@ def log_failures(failures: list[Failure]) -> None:
         logger.error("background task %s failed", task.name, exc_info=error)
 
 
-@types.coroutine
-def run_tasks(tasks: BackgroundTasks) -> Generator[Any, Any, None]:
+def run_tasks(tasks: BackgroundTasks) -> Awaitable[None]:
     """Run a BackgroundTasks in this task, inline, and log (never raise) what failed."""
-    failures: list[Failure] = []
     if tasks.concurrency == 1:
-        yield from _drive(tasks, failures)  # a generator, not a coroutine: one frame less
-    else:
-        failures = yield from tasks._run_logged().__await__()
-    if failures:
-        log_failures(failures)
+        return _drive(tasks, None)  # the driver itself, not a coroutine around it: no frame
+    return _run_concurrently_logged(tasks)
+
+
+async def _run_concurrently_logged(tasks: BackgroundTasks) -> None:
+    log_failures(await tasks._run_logged())
 
 
 async def run_background(background: Callable[[], Awaitable[Any]]) -> None:
