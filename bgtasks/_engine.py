@@ -13,6 +13,10 @@ asyncio, ~6 us on trio). So nothing here is per request; everything is long-live
   makes sure another consumer follows, so a job that suspends never holds up the rest. At most
   ``_KEEP_IDLE`` consumers stay parked; the rest end. Cancelling a job cancels its consumer's
   own scope: the consumer ends with it, and a new one starts on demand.
+* **Eager tasks** (asyncio 3.12+). A job someone waits for (the attached middleware) starts in
+  a task of its own whose first step runs at once, inside ``submit``. Work that never suspends
+  is done before ``submit`` returns and costs no loop iteration; work that suspends goes on in
+  that task, which the request's cancellation never reaches. Cancelling the job cancels it.
 * **Workers** are the engine's own threads, fed from a queue of ``SyncBatch``es. Under load
   the loop wakes a parked worker once per loop iteration, and workers hand finished batches
   back in bursts, one ``call_soon_threadsafe`` per burst. A watcher on the loop starts another
@@ -48,7 +52,7 @@ import threading
 import time
 import types
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from collections.abc import Awaitable as AwaitableABC
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -65,6 +69,20 @@ DEFAULT_THREAD_LIMIT = 40
 _WAIT = 0.01  # seconds queued sync work may wait before another worker starts
 _LINGER = 10.0  # seconds an idle worker waits for more work before its thread ends
 _KEEP_IDLE = 16  # parked consumers kept per loop; more end instead of parking
+# asyncio 3.12+ can start a task eagerly: its first step runs at once, and a task that never
+# suspends costs no loop iteration (~0.7 us in all, against two loop iterations for a hand-off
+# to a consumer and back). Older asyncio and trio hand off.
+_EAGER = sys.version_info >= (3, 12)
+
+
+def _start_eagerly(
+    coroutine: Coroutine[Any, Any, None], loop: asyncio.AbstractEventLoop
+) -> asyncio.Task[None]:
+    if sys.version_info >= (3, 12):
+        import asyncio
+
+        return asyncio.Task(coroutine, loop=loop, context=contextvars.Context(), eager_start=True)
+    raise NotImplementedError  # pragma: no cover - only called where _EAGER
 
 
 def current_thread_limiter() -> anyio.CapacityLimiter:
@@ -170,7 +188,8 @@ class Job:
     def __init__(self) -> None:
         self.work: Work | None = None
         self.signal: Signal | None = None
-        self.scope: anyio.CancelScope | None = None  # its consumer's, while on one
+        # While it runs: its consumer's cancel scope, or the eager task that runs it.
+        self.scope: anyio.CancelScope | asyncio.Task[None] | None = None
         self.batch: SyncBatch | None = None  # while in the threads
         self.settled = False
 
@@ -230,12 +249,21 @@ class Engine:
         loop = self.loop
         return _AsyncioSignal(loop) if loop is not None else _TrioSignal()
 
-    def submit(self, job: Job) -> None:
-        """Queue ``job``; it runs on a consumer, or in the threads when it is sync only."""
+    def submit(self, job: Job, now: bool = False) -> None:
+        """Queue ``job``; it runs on a consumer, or in the threads when it is sync only.
+
+        ``now``: someone waits for the job, so on asyncio 3.12+ it starts at once in a task of
+        its own (an eager task): if it never suspends, it is settled when this returns.
+        """
         calls = job.sync_calls()
         if calls is not None:
             batch = job.batch = SyncBatch(calls, job)
             self.threads.submit(batch)
+            return
+        if now and _EAGER and self.loop is not None:
+            task = _start_eagerly(self._run_now(job), self.loop)
+            if not job.settled:
+                job.scope = task
             return
         self.pending.append(job)
         if not self.waking:
@@ -260,6 +288,17 @@ class Engine:
             import trio
 
             trio.lowlevel.spawn_system_task(self._consume, context=context)
+
+    async def _run_now(self, job: Job) -> None:
+        try:
+            await job.run()
+        except Exception:  # a bug of ours: the job still settles
+            import logging
+
+            logging.getLogger("bgtasks").exception("bgtasks failed a job")
+        finally:
+            job.scope = None
+            job.settle()
 
     async def _consume(self) -> None:
         job: Job | None = None

@@ -371,13 +371,10 @@ class BackgroundTasksMiddleware:
         )
         return False
 
-    def _submit(self, tasks: BackgroundTasks, signal: bool = False) -> Run:
-        engine = current_engine()
+    def _submit(self, tasks: BackgroundTasks, now: bool = False) -> Run:
         job = Run(tasks)
-        if signal:
-            job.signal = engine.signal()
         self._work.add(job)
-        engine.submit(job)
+        current_engine().submit(job, now)
         return job
 
     async def run(self, tasks: BackgroundTasks) -> None:
@@ -388,10 +385,12 @@ class BackgroundTasksMiddleware:
         counted by ``wait_idle`` and the shutdown drain, and if the caller is cancelled it gets
         the grace period, then is cancelled and named. Failures are logged, never raised.
         """
-        job = self._submit(tasks, signal=True)
-        assert job.signal is not None
+        job = self._submit(tasks, now=True)
+        if job.settled:  # it ran without suspending (asyncio 3.12+, see Engine.submit)
+            return
+        signal = job.signal = current_engine().signal()
         try:
-            await job.signal.wait()
+            await signal.wait()
         except BaseException:
             await self._grace(job)
             raise
