@@ -7,6 +7,7 @@ only sends, then runs the background.
 
 from __future__ import annotations
 
+import codecs
 import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
@@ -40,13 +41,12 @@ _RESERVED = {
 HeadersInput = Mapping[str, str] | Iterable[tuple[str, str]]
 
 
-def _coerce_content(content: object, media_type: object) -> bytes:
+def _coerce_content(content: object) -> bytes | str:
+    # str stays str here: it is encoded once the content-type that is sent is known.
     if content is None:
         return b""
-    if type(content) is bytes:
+    if type(content) is bytes or isinstance(content, str):
         return content
-    if isinstance(content, str):
-        return _encode_text(content, media_type)
     if isinstance(content, (bytes, bytearray, memoryview)):
         return bytes(content)
     raise TypeError(
@@ -55,24 +55,50 @@ def _coerce_content(content: object, media_type: object) -> bytes:
     )
 
 
-def _encode_text(content: str, media_type: object) -> bytes:
-    # str content is encoded in the charset the media type declares, UTF-8 when it names none.
-    found = _CHARSET.search(media_type) if isinstance(media_type, str) else None
-    if found is None:
-        return content.encode()
-    charset = found.group(1)
+def _charset(value: str) -> str | None:
+    found = _CHARSET.search(value)
+    return found.group(1) if found is not None else None
+
+
+def _codec(charset: str, source: str) -> str:
     try:
-        return content.encode(charset)
+        return codecs.lookup(charset).name
     except LookupError:
         raise ValueError(
-            f"media_type {media_type!r} declares charset {charset!r}, which Python does not "
-            f"know; use a charset such as utf-8"
+            f"{source} declares charset {charset!r}, which Python does not know; use a charset "
+            f"such as utf-8"
         ) from None
+
+
+def _encode_text(content: str, content_type: str | None, source: str) -> bytes:
+    # str content is encoded in the charset of the content-type that is sent, UTF-8 when it
+    # names none.
+    charset = _charset(content_type) if content_type is not None else None
+    if charset is None:
+        return content.encode()
+    try:
+        return content.encode(_codec(charset, source))
     except UnicodeEncodeError as error:
         raise ValueError(
-            f"content cannot be encoded in charset {charset!r} that media_type declares "
+            f"content cannot be encoded in charset {charset!r} that {source} declares "
             f"({error.reason} at {error.start}); use charset=utf-8, or pass bytes"
         ) from None
+
+
+def _check_agreement(media_type: str, header: str) -> None:
+    # Both given: the header is what is sent, so media_type must not say otherwise.
+    def essence(value: str) -> str:
+        return value.split(";", 1)[0].strip().lower()
+
+    mine, theirs = _charset(media_type), _charset(header)
+    if essence(media_type) != essence(header) or (
+        mine is not None
+        and (theirs is None or _codec(mine, "media_type") != _codec(theirs, "headers"))
+    ):
+        raise ValueError(
+            f"media_type {media_type!r} contradicts the content-type header {header!r}, which "
+            f"is the one sent; give only one of them"
+        )
 
 
 def _check_status(status_code: object, body: bytes) -> None:
@@ -98,16 +124,25 @@ def _build(
     content: object, status_code: int, headers: HeadersInput | None, media_type: str | None
 ) -> tuple[bytes, list[tuple[bytes, bytes]]]:
     if media_type is not None:
-        content_type = _content_type(media_type)  # checked first: it decides the encoding
-    body = _coerce_content(content, media_type)
-    _check_status(status_code, body)
+        content_type = _content_type(media_type)  # checked first: it may decide the encoding
+    coerced = _coerce_content(content)
     raw_headers = [] if headers is None else _header_pairs(headers)
     names = {name for name, _ in raw_headers}
     for name, message in _RESERVED.items():
         if name in names:
             raise ValueError(message)
-    if media_type is not None and b"content-type" not in names:
+    sent_type, source = media_type, "media_type"
+    if b"content-type" in names:
+        declared = [value for name, value in raw_headers if name == b"content-type"]
+        if len(declared) > 1:
+            raise ValueError(f"headers give content-type {len(declared)} times; give it once")
+        sent_type, source = declared[0].decode("latin-1"), "the content-type header"
+        if media_type is not None:
+            _check_agreement(media_type, sent_type)
+    elif media_type is not None:
         raw_headers.append(content_type)
+    body = coerced if isinstance(coerced, bytes) else _encode_text(coerced, sent_type, source)
+    _check_status(status_code, body)
     if status_code != 204 and status_code != 304:
         raw_headers.append((b"content-length", b"%d" % len(body)))
     return body, raw_headers

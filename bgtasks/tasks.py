@@ -389,6 +389,9 @@ class BackgroundTask:
 
 
 _NO_TASKS: tuple[BackgroundTask, ...] = ()
+# Small ints are singletons in CPython: `concurrency is _ONE` is a cheap exact test for the int 1,
+# which True and 1.0 (equal to it) fail, so they take the checked path.
+_ONE = 1
 
 
 class BackgroundTasks:
@@ -425,7 +428,7 @@ class BackgroundTasks:
         self._calls: list[Call] | None = None  # enqueued, not yet sent
         self.dispatcher = dispatcher
         self.concurrency = concurrency
-        if tasks is _NO_TASKS and concurrency == 1 and dispatcher is None:
+        if tasks is _NO_TASKS and concurrency is _ONE and dispatcher is None:
             return  # BackgroundTasks(): on every request's path, nothing to check
         if type(concurrency) is not int:
             raise TypeError(f"concurrency must be an int, got {concurrency!r}")

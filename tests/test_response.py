@@ -305,6 +305,66 @@ def test_charset_that_cannot_encode_the_content_is_rejected(media_type: str, mat
         Response("café", media_type=media_type)
 
 
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "text/plain; charset=latin-1",
+        'text/plain; charset="latin-1"',
+        "text/plain; CHARSET=ISO-8859-1",
+    ],
+)
+@pytest.mark.parametrize("name", ["content-type", "Content-Type"])
+async def test_str_content_is_encoded_in_the_charset_of_the_content_type_header(
+    content_type: str, name: str
+) -> None:
+    send = Recorder()
+    await Response("café", headers={name: content_type})(http_scope(), no_receive, send)
+    assert send.body == "café".encode("latin-1")
+    assert (b"content-type", content_type.encode()) in send.headers
+    assert (b"content-length", b"4") in send.headers
+
+
+@pytest.mark.parametrize(
+    ("content_type", "match"),
+    [
+        ("text/plain; charset=ascii", "cannot be encoded in charset 'ascii'"),
+        ("text/plain; charset=nope", "content-type header declares charset 'nope'"),
+    ],
+)
+def test_header_charset_that_cannot_encode_the_content_is_rejected(
+    content_type: str, match: str
+) -> None:
+    with pytest.raises(ValueError, match=match):
+        Response("café", headers=[("content-type", content_type)])
+
+
+@pytest.mark.parametrize(
+    "media_type",
+    ["text/plain; charset=utf-8", "text/html; charset=latin-1", "application/json"],
+)
+def test_media_type_that_contradicts_the_content_type_header_is_rejected(
+    media_type: str,
+) -> None:
+    with pytest.raises(ValueError, match=r"media_type .* contradicts the content-type header"):
+        Response(
+            "café", headers={"content-type": "text/plain; charset=latin-1"}, media_type=media_type
+        )
+
+
+def test_media_type_that_agrees_with_the_content_type_header_is_accepted() -> None:
+    response = Response(
+        "café",
+        headers={"content-type": "text/plain; charset=latin-1"},
+        media_type="text/plain; charset=ISO-8859-1",
+    )
+    assert response.body == "café".encode("latin-1")
+
+
+def test_content_type_given_twice_in_headers_is_rejected() -> None:
+    with pytest.raises(ValueError, match="content-type 2 times"):
+        Response("x", headers=[("content-type", "text/plain"), ("content-type", "text/html")])
+
+
 def test_async_background_that_needs_arguments_is_rejected() -> None:
     async def notify(user: str) -> None:
         return None

@@ -145,7 +145,10 @@ def test_tasks_argument_must_hold_background_tasks() -> None:
         BackgroundTasks([print])  # type: ignore[list-item]
 
 
-@pytest.mark.parametrize(("value", "error"), [(0, ValueError), (-1, ValueError), (1.5, TypeError)])
+@pytest.mark.parametrize(
+    ("value", "error"),
+    [(0, ValueError), (-1, ValueError), (1.5, TypeError), (True, TypeError), (1.0, TypeError)],
+)
 def test_concurrency_must_be_a_positive_int(value: Any, error: type[Exception]) -> None:
     with pytest.raises(error, match="concurrency"):
         BackgroundTasks(concurrency=value)
