@@ -4,16 +4,19 @@
 names the file, so the harness can count that every task ran.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations`: FastAPI reads the endpoints' annotations at runtime.
 
 import os
 import time
 from typing import Any
 
+import anyio.lowlevel
+import fastapi
 import starlette.background
 import starlette.responses
 
 import bgtasks
+import bgtasks.fastapi
 
 LOG_PATH = os.environ.get("BGTASKS_BENCH_LOG", os.devnull)
 BODY = b"Hello, world!"
@@ -135,3 +138,62 @@ def _starlette_db_write() -> Any:
 starlette_db_write = _starlette_db_write()
 mw_attached_db_write = bgtasks.BackgroundTasksMiddleware(_endpoint(db_write))
 mw_detached_db_write = bgtasks.BackgroundTasksMiddleware(_endpoint(db_write), detached=True)
+
+
+# Async tasks (issue 16): a task that awaits one checkpoint, then appends a line.
+
+
+async def write_log_async(message: str) -> None:
+    await anyio.lowlevel.checkpoint()
+    write_log(message)
+
+
+async def raw_inline_write_log_async(scope: Any, receive: Any, send: Any) -> None:
+    """The floor for an async task: awaited inline, right after the response."""
+    if scope["type"] == "lifespan":
+        return await answer_lifespan(receive, send)
+    await send(START)
+    await send(BODY_MESSAGE)
+    await write_log_async(scope["path"])
+
+
+starlette_write_log_async = _app(*_S, write_log_async, with_path=True)
+bgtasks_write_log_async = _app(*_B, write_log_async, with_path=True)
+mw_attached_write_log_async = bgtasks.BackgroundTasksMiddleware(_endpoint(write_log_async))
+mw_detached_write_log_async = bgtasks.BackgroundTasksMiddleware(
+    _endpoint(write_log_async), detached=True
+)
+
+
+# FastAPI, a trivial async endpoint: its own BackgroundTasks, bgtasks.fastapi's, and the
+# middleware with get_background_tasks(request).
+
+
+def _fastapi_apps(func: Any) -> tuple[Any, Any, Any]:
+    own, ours, middleware = fastapi.FastAPI(), fastapi.FastAPI(), fastapi.FastAPI()
+
+    @own.get("/")
+    async def own_endpoint(request: fastapi.Request, tasks: fastapi.BackgroundTasks) -> str:
+        tasks.add_task(func, request.url.path)
+        return "ok"
+
+    @ours.get("/")
+    async def ours_endpoint(
+        request: fastapi.Request, tasks: bgtasks.fastapi.BackgroundTasks
+    ) -> str:
+        tasks.add_task(func, request.url.path)
+        return "ok"
+
+    @middleware.get("/")
+    async def middleware_endpoint(request: fastapi.Request) -> str:
+        bgtasks.get_background_tasks(request).add_task(func, request.url.path)
+        return "ok"
+
+    middleware.add_middleware(bgtasks.BackgroundTasksMiddleware)
+    return own, ours, middleware
+
+
+fastapi_own_write_log, fastapi_ours_write_log, fastapi_mw_write_log = _fastapi_apps(write_log)
+fastapi_own_write_log_async, fastapi_ours_write_log_async, fastapi_mw_write_log_async = (
+    _fastapi_apps(write_log_async)
+)
