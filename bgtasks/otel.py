@@ -69,7 +69,8 @@ class _Telemetry(Observer):
         )
         self.lock = threading.Lock()
         self.added_at: dict[int, float] = {}  # id(task) -> monotonic time of add_task
-        self.running: dict[int, tuple[trace.Span, object, float]] = {}
+        # The token is typed `object` by opentelemetry-api < 1.28 and `Token[Context]` after.
+        self.running: dict[int, tuple[trace.Span, Any, float]] = {}
 
     def added(self, task: Any) -> None:
         if isinstance(task, BackgroundTask):
@@ -109,7 +110,7 @@ class _Telemetry(Observer):
             span.set_status(Status(StatusCode.ERROR, str(error)))
         span.set_attribute("bgtasks.task.outcome", outcome)
         span.end()
-        otel_context.detach(token)  # type: ignore[arg-type]
+        otel_context.detach(token)
         self.duration.record(
             time.monotonic() - started,
             {"bgtasks.task.name": task.name, "bgtasks.task.outcome": outcome},
