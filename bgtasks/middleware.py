@@ -5,6 +5,8 @@ Rules:
 1. A request's tasks live in its scope, under ``SCOPE_KEY``. Frameworks copy scopes and run
    handlers in other tasks and threads; a shallow copy of the scope still holds the same
    BackgroundTasks, so ``get_background_tasks(request.scope)`` works wherever the handler runs.
+   While the app runs, the same list is also in a context variable, which tasks and threads
+   the app starts inherit: ``get_background_tasks()`` needs no request.
 2. When a response is complete is decided by ``COMPLETES_RESPONSE`` alone (below); whether it
    succeeded, by ``run_if`` on its status. The tasks run only if the response was complete and
    succeeded, and the app returned normally, or was cancelled or lost its client (OSError)
@@ -29,6 +31,7 @@ Rules:
 from __future__ import annotations
 
 from collections.abc import Callable, MutableMapping
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Protocol
 
 import anyio
@@ -55,6 +58,9 @@ from .tasks import (
 __all__ = ["BackgroundTasksMiddleware", "get_background_tasks"]
 
 SCOPE_KEY = "bgtasks.tasks"
+# The request being handled, for get_background_tasks() with no argument. Set while the app
+# runs; every task and thread the app starts copies it with the rest of the context.
+_current: ContextVar[BackgroundTasks] = ContextVar("bgtasks.current")
 MIDDLEWARE_KEY = "bgtasks.middleware"  # the middleware that owns the request, for integrations
 DEFAULT_SHUTDOWN_TIMEOUT = 30.0
 DEFAULT_MAX_PENDING = 1000
@@ -106,16 +112,31 @@ COMPLETES_RESPONSE: dict[str, Callable[[Message, bool], bool]] = {
 }
 
 
-def get_background_tasks(request: Scope | HasScope) -> BackgroundTasks:
+def get_background_tasks(request: Scope | HasScope | None = None) -> BackgroundTasks:
     """Return the BackgroundTasks of the request that ``request`` belongs to.
 
     Pass the request object of any framework that exposes the ASGI scope as ``.scope``
     (Starlette, FastAPI, Litestar, Quart, Django under ASGI, Falcon), or the scope itself. The
     tasks run after the response is complete; see ``BackgroundTasksMiddleware``.
 
-    Raises RuntimeError when the app is not wrapped, for a websocket scope (which has no
-    background tasks), and for a Django request served over WSGI (which has no ASGI scope).
+    With no argument, it returns the tasks of the request being handled, from anywhere in its
+    code: async code, sync code in the framework's worker thread, tasks the handler starts
+    (a context variable, set while the wrapped app handles the request).
+
+    Raises RuntimeError when the app is not wrapped, outside a request (no argument), for a
+    websocket scope (which has no background tasks), and for a Django request served over
+    WSGI (which has no ASGI scope).
     """
+    if request is None:
+        try:
+            return _current.get()
+        except LookupError:
+            raise RuntimeError(
+                "get_background_tasks() with no argument works only while an HTTP request is "
+                "handled by an app wrapped in BackgroundTasksMiddleware; outside one (a "
+                "command, a shell, a worker) there is no request whose tasks these would be. "
+                "Run the work directly, or pass the request: get_background_tasks(request)."
+            ) from None
     scope = _scope_of(request)
     try:
         tasks: BackgroundTasks = scope[SCOPE_KEY]
@@ -307,6 +328,7 @@ class BackgroundTasksMiddleware:
                 complete = True  # the client is gone: the response is as complete as it gets
                 raise
 
+        token = _current.set(tasks)  # for get_background_tasks() with no argument
         try:
             await self.app(scope, receive, tracking_send)
         except BaseException as exc:
@@ -325,6 +347,8 @@ class BackgroundTasksMiddleware:
                 raise
             log_dropped(tasks, "the app raised, so its request's background tasks were dropped")
             raise
+        finally:
+            _current.reset(token)
         if has_calls(tasks):  # enqueued after the response started: sent now, refusals logged
             if complete:
                 await self._send_enqueued(tasks, status, refused_means_503=False)

@@ -645,3 +645,68 @@ async def test_run_if_decides_from_the_status_which_requests_run_their_tasks(
 def test_run_if_must_be_callable() -> None:
     with pytest.raises(TypeError, match="run_if"):
         BackgroundTasksMiddleware(sending(START, BODY), run_if=400)  # type: ignore[arg-type]
+
+
+# get_background_tasks() with no argument
+
+
+async def test_no_argument_finds_the_request_from_async_code_threads_and_spawned_tasks() -> None:
+    found: dict[str, Any] = {}
+
+    def deep_in_a_service() -> None:  # code that has no request at hand
+        found.setdefault("service", get_background_tasks())
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        found["scope"] = get_background_tasks(scope)
+        deep_in_a_service()
+        await anyio.to_thread.run_sync(lambda: found.setdefault("thread", get_background_tasks()))
+        async with anyio.create_task_group() as group:
+            group.start_soon(
+                lambda: anyio.to_thread.run_sync(
+                    lambda: found.setdefault("spawned", get_background_tasks())
+                )
+            )
+        get_background_tasks().add_task(record, found.setdefault("log", []), "added")
+        await send(START)
+        await send(BODY)
+
+    await BackgroundTasksMiddleware(app)(http_scope(), no_receive, Recorder())
+    assert found["service"] is found["scope"]
+    assert found["thread"] is found["scope"]
+    assert found["spawned"] is found["scope"]
+    assert found["log"] == ["added"]
+
+
+async def test_no_argument_sees_each_concurrent_request_s_own_list() -> None:
+    seen: list[tuple[str, Any, Any]] = []
+    both_in = anyio.Event()
+    arrived = 0
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        nonlocal arrived
+        arrived += 1
+        if arrived == 2:
+            both_in.set()
+        await both_in.wait()  # both requests are in flight before either looks
+        seen.append((scope["path"], get_background_tasks(), get_background_tasks(scope)))
+        await send(START)
+        await send(BODY)
+
+    middleware = BackgroundTasksMiddleware(app)
+    async with anyio.create_task_group() as group:
+        group.start_soon(middleware, http_scope(path="/a"), no_receive, Recorder())
+        group.start_soon(middleware, http_scope(path="/b"), no_receive, Recorder())
+    assert sorted(path for path, _, _ in seen) == ["/a", "/b"]
+    assert all(current is own for _, current, own in seen)
+
+
+async def test_no_argument_outside_a_request_raises_saying_where_it_works() -> None:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await send(START)
+        await send(BODY)
+
+    with pytest.raises(RuntimeError, match="only while an HTTP request is handled"):
+        get_background_tasks()
+    await BackgroundTasksMiddleware(app)(http_scope(), no_receive, Recorder())
+    with pytest.raises(RuntimeError, match="only while an HTTP request is handled"):
+        get_background_tasks()  # the request is over: its list is not left behind
