@@ -583,9 +583,7 @@ class BackgroundTasks:
         self._closed = True
         dropped = self._tasks[self._next :]
         self._next = len(self._tasks)
-        if _observe.observers:
-            for task in dropped:
-                _observe.report("dropped", task, reason)
+        _report_dropped(dropped, reason)
         if dropped:
             logger.warning(
                 "%s; never started: [%s]", reason, ", ".join(task.name for task in dropped)
@@ -667,12 +665,27 @@ def refused_calls(
     return [(call, error) for call, error in zip(calls, results, strict=True) if error is not None]
 
 
+class Droppable:
+    """Base of a task callable that must learn it will never run (an integration's record of
+    the call, such as Django's task result): ``dropped`` is called, on the loop, with the
+    reason the ``bgtasks`` logger gives. It must not raise."""
+
+    def dropped(self, reason: str) -> None:
+        raise NotImplementedError
+
+
+def _report_dropped(tasks: Sequence[BackgroundTask], reason: str) -> None:
+    for task in tasks:
+        if _observe.observers:
+            _observe.report("dropped", task, reason)
+        if isinstance(task.func, Droppable):
+            task.func.dropped(reason)
+
+
 def _log_unfinished(
     cancelled: Sequence[BackgroundTask], never_started: Sequence[BackgroundTask]
 ) -> None:
-    if _observe.observers:
-        for task in never_started:
-            _observe.report("dropped", task, "the run was cancelled before it started")
+    _report_dropped(never_started, "the run was cancelled before it started")
     if cancelled or never_started:
         logger.warning(
             "background tasks did not finish; cancelled: [%s]; never started: [%s]",
@@ -782,9 +795,7 @@ class Run(Job):
         started = self.index + (batch.started if batch is not None else 0)
         running = tasks[started - 1 : started] if batch is not None and batch.started else []
         self.tasks._next = len(tasks)
-        if _observe.observers:
-            for task in tasks[started:]:
-                _observe.report("dropped", task, reason)
+        _report_dropped(tasks[started:], reason)
         logger.warning(
             "%s; cancelled: [%s]; never started: [%s]",
             reason,

@@ -128,6 +128,13 @@ def configure_django() -> None:
             SECRET_KEY="test-only",
             MIDDLEWARE=[],
             INSTALLED_APPS=[],
+            TASKS={  # tests/test_django.py
+                "default": {"BACKEND": "bgtasks.django.BackgroundTasksBackend"},
+                "at_once_outside": {
+                    "BACKEND": "bgtasks.django.BackgroundTasksBackend",
+                    "OPTIONS": {"OUTSIDE_REQUEST": "immediate"},
+                },
+            },
         )
         django.setup()
 
@@ -163,11 +170,14 @@ def _django_urls() -> list[Any]:
         DJANGO_PROBE[0].add(request.scope, "sync handler")
         return HttpResponse("ok")
 
+    import django_task_app  # Django's task API, run after the response: tests/test_django.py
+
     return [
         path("ok", ok),
         path("fail", fail),
         path("async", probe_async),
         path("sync", probe_sync),
+        *django_task_app.urlpatterns,
     ]
 
 
