@@ -78,8 +78,6 @@ async def _request_tasks(
     scope = request.scope
     shared = scope.get(SCOPE_KEY)
     tasks = shared if isinstance(shared, _tasks.BackgroundTasks) else _tasks.BackgroundTasks()
-    state = _Request(tasks, scope.get(MIDDLEWARE_KEY))
-    background_tasks.add_task(state.run)
     stack = scope.get(_REQUEST_STACK)
     if not isinstance(stack, AsyncExitStack):
         raise RuntimeError(
@@ -87,6 +85,8 @@ async def _request_tasks(
             f"exit stack in scope[{_REQUEST_STACK!r}]; upgrade FastAPI, or use "
             f"BackgroundTasksMiddleware with get_background_tasks(request)"
         )
+    state = _Request(tasks, scope.get(MIDDLEWARE_KEY))
+    background_tasks.add_task(state.run)
     stack.push_async_exit(state.exit)
     return tasks
 
