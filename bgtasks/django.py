@@ -105,9 +105,10 @@ class _Call(Droppable):
         task_started.send(type(self.backend), task_result=self.result)
 
     def _finished(self, value: Any = None, error: BaseException | None = None) -> None:
+        # value: the return value, already normalized to JSON as Django's backends keep it.
         result = self.result
         if error is None:
-            _set(result, _return_value=_json(value), status=TaskResultStatus.SUCCESSFUL)
+            _set(result, _return_value=value, status=TaskResultStatus.SUCCESSFUL)
         else:
             kind = type(error)
             result.errors.append(
@@ -121,15 +122,18 @@ class _Call(Droppable):
         task_finished.send(type(self.backend), task_result=result)
 
     def dropped(self, reason: str) -> None:
-        self._finished(error=RuntimeError(f"never ran: {reason}"))
+        try:
+            self._finished(error=RuntimeError(f"never ran: {reason}"))
+        except Exception:  # a signal receiver failed; the drop itself is logged by bgtasks
+            logger.exception("recording that Django task %s never ran failed", self.name)
 
 
 class _SyncCall(_Call):
     def __call__(self) -> None:  # in a bgtasks worker thread
-        self._started()
-        args, kwargs = self._arguments()
         try:
-            value = self.result.task.func(*args, **kwargs)
+            self._started()
+            args, kwargs = self._arguments()
+            value = _json(self.result.task.func(*args, **kwargs))
         except BaseException as error:
             self._finished(error=error)
             raise  # bgtasks logs it by name
@@ -138,10 +142,10 @@ class _SyncCall(_Call):
 
 class _AsyncCall(_Call):
     async def __call__(self) -> None:  # on the event loop
-        self._started()
-        args, kwargs = self._arguments()
         try:
-            value = await self.result.task.func(*args, **kwargs)
+            self._started()
+            args, kwargs = self._arguments()
+            value = _json(await self.result.task.func(*args, **kwargs))
         except BaseException as error:  # a cancellation too: it never finished
             self._finished(error=error)
             raise

@@ -46,6 +46,12 @@ def fails(name: str) -> None:
     raise ValueError(f"{name} failed")
 
 
+@task()
+def returns_no_json(name: str) -> object:
+    EVENTS.append(("ran", name, threading.get_ident()))
+    return object()
+
+
 @task(takes_context=True)
 def with_context(context: Any, name: str) -> str:
     EVENTS.append(("ran", name, context.task_result.id))
@@ -81,6 +87,7 @@ TASKS = {
     "record_async": record_async,
     "fails": fails,
     "with_context": with_context,
+    "returns_no_json": returns_no_json,
     "mark_done": mark_done,
 }
 

@@ -129,6 +129,13 @@ async def test_failing_task_fails_its_result_is_logged_by_name_and_the_next_runs
     assert "background task django_task_app.fails failed" in caplog.text
 
 
+async def test_return_value_that_is_not_json_fails_the_result_as_django_does() -> None:
+    assert await get(application(), "/tasks/sync?task=returns_no_json&name=j") == 200
+    [result] = RESULTS
+    assert result.status == TaskResultStatus.FAILED
+    assert result.errors[0].exception_class_path == "builtins.TypeError"
+
+
 async def test_task_that_takes_context_gets_its_own_result() -> None:
     assert await get(application(), "/tasks/sync?task=with_context&name=c") == 200
     [result] = RESULTS
