@@ -93,7 +93,7 @@ def _check_agreement(media_type: str, header: str) -> None:
     mine, theirs = _charset(media_type), _charset(header)
     if essence(media_type) != essence(header) or (
         mine is not None
-        and (theirs is None or _codec(mine, "media_type") != _codec(theirs, "headers"))
+        and (theirs is None or _codec(mine, "media_type") != _codec(theirs, "the content-type header"))
     ):
         raise ValueError(
             f"media_type {media_type!r} contradicts the content-type header {header!r}, which "
@@ -244,8 +244,10 @@ class Response:
     ``__call__`` sends ``http.response.start`` and one ``http.response.body``, and only then
     awaits ``background``:
 
-    * ``content`` is bytes or str; str is encoded in the charset ``media_type`` declares
-      (UTF-8 when it names none, and ``text/*`` media types then get ``; charset=utf-8``).
+    * ``content`` is bytes or str; str is encoded in the charset of the content-type that is
+      sent: a content-type in ``headers`` if given, else ``media_type`` (UTF-8 when it names
+      none, and ``text/*`` media types then get ``; charset=utf-8``). A ``media_type`` that
+      contradicts a content-type header is refused.
       content-length is set from it. ``headers`` is a mapping or (name, value) pairs, so a
       header such as set-cookie can repeat.
     * Refused here, because servers would refuse them at send time and the client would get
