@@ -91,9 +91,10 @@ def _check_agreement(media_type: str, header: str) -> None:
         return value.split(";", 1)[0].strip().lower()
 
     mine, theirs = _charset(media_type), _charset(header)
+    header_source = "the content-type header"
     if essence(media_type) != essence(header) or (
         mine is not None
-        and (theirs is None or _codec(mine, "media_type") != _codec(theirs, "the content-type header"))
+        and (theirs is None or _codec(mine, "media_type") != _codec(theirs, header_source))
     ):
         raise ValueError(
             f"media_type {media_type!r} contradicts the content-type header {header!r}, which "
