@@ -10,7 +10,9 @@ Delivery is at least once only with these Celery settings, which the README expl
 ``task_acks_late=True`` and ``task_reject_on_worker_lost=True``, and with Redis, in
 ``broker_transport_options``, a ``visibility_timeout`` short enough for your recovery target
 and low ``unacked_restore_interval`` and ``unacked_restore_throttle`` (kombu's sweep period).
-Engine tasks must therefore be idempotent.
+Engine tasks must therefore be idempotent. With Redis, a worker killed after kombu has popped a
+message and before it has recorded it as unacknowledged loses that message: a gap of kombu's
+transport that no setting closes.
 """
 
 from __future__ import annotations

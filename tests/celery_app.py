@@ -8,12 +8,9 @@ Redis visibility timeout so that a killed worker's messages come back within the
 from __future__ import annotations
 
 import os
-import time
-from pathlib import Path
 
+import recording
 from celery import Celery
-
-DIR = Path(os.environ.get("BGTASKS_TEST_DIR", "."))
 
 app = Celery("bgtasks_tests", broker=os.environ.get("BGTASKS_BROKER_URL", "redis://127.0.0.1:1/0"))
 app.conf.update(
@@ -33,7 +30,5 @@ app.conf.update(
 
 @app.task(name="tests.record")
 def record(name: str, seconds: float = 0.0) -> None:
-    """Append one line per execution, so duplicates show; ``seconds`` of work first."""
-    time.sleep(seconds)
-    with open(DIR / f"{name}.done", "a") as file:
-        file.write("done\n")
+    """Record the call in ``BGTASKS_TEST_DIR`` after ``seconds`` of work (see recording.py)."""
+    recording.record(name, seconds)

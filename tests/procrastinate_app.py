@@ -8,13 +8,11 @@ effects. The web process defers through ``app`` (a sync connector); the worker r
 from __future__ import annotations
 
 import os
-import time
-from pathlib import Path
 
 import procrastinate
 import psycopg_pool
+import recording
 
-DIR = Path(os.environ.get("BGTASKS_TEST_DIR", "."))
 DSN = os.environ.get("BGTASKS_PG_DSN", "postgresql://postgres@127.0.0.1:1/postgres")
 
 app = procrastinate.App(connector=procrastinate.SyncPsycopgConnector(conninfo=DSN))
@@ -25,10 +23,8 @@ pool = psycopg_pool.ConnectionPool(DSN, open=False, timeout=2)
 
 @app.task(name="tests.record_pg")
 def record(name: str, seconds: float = 0.0) -> None:
-    """Append one line per execution, so duplicates show; ``seconds`` of work first."""
-    time.sleep(seconds)
-    with open(DIR / f"{name}.done", "a") as file:
-        file.write("done\n")
+    """Record the call in ``BGTASKS_TEST_DIR`` after ``seconds`` of work (see recording.py)."""
+    recording.record(name, seconds)
 
 
 worker_app = app.with_connector(procrastinate.PsycopgConnector(conninfo=DSN))

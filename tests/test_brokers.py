@@ -384,23 +384,29 @@ def test_sigterm_to_the_web_server_mid_load_loses_nothing_answered_2xx(
         print(f"{engine.name}: {len(answered)} of 200 answered 2xx before SIGTERM; all done")
 
 
-def test_sigkill_of_the_worker_mid_load_then_a_restart_loses_nothing(
+def test_sigkill_of_the_worker_mid_task_then_a_restart_loses_nothing(
     engine: Engine, env: dict[str, str], tmp_path: Path
 ) -> None:
+    # The kill lands while k7 is held mid-work, never between two tasks: there kombu's Redis
+    # transport has popped the next message and not yet recorded it as unacknowledged, and a
+    # message killed in that gap is lost whatever the settings (the README says so).
     log = tmp_path / "worker.log"
     with serve("uvicorn", engine.app, tmp_path, env) as web:
         with engine.worker(env, log) as worker:
-            paths = [f"/ok?name=k{i}&seconds=0.1" for i in range(20)]
+            paths = [f"/ok?name=k{i}&seconds={120 if i == 7 else 0.1}" for i in range(20)]
             with ThreadPoolExecutor(4) as pool:
                 assert list(pool.map(lambda p: _get(web, p), paths)) == [200] * 20
-            wait_for((tmp_path / "k2.done").exists, "some work to be done", 60)
+            wait_for((tmp_path / "k7.started").exists, "k7 to start in the worker", 60)
             os.killpg(worker.pid, signal.SIGKILL)  # mid-task, no chance to ack or requeue
             worker.wait(10)
+        assert not (tmp_path / "k7.done").exists()
         done_before = sum((tmp_path / f"k{i}.done").exists() for i in range(20))
+        (tmp_path / "release").touch()  # k7's next run ends its wait at once
         with engine.worker(env, log):
             engine.recover(env)
             for i in range(20):
                 wait_for((tmp_path / f"k{i}.done").exists, f"k{i} after the restart", 90)
+        assert _lines(tmp_path / "k7.started") >= 2  # k7 ran again: the kill did not lose it
         duplicates = sum(_lines(tmp_path / f"k{i}.done") - 1 for i in range(20))
         print(
             f"{engine.name}: 20 answered 2xx; {done_before} done before SIGKILL; all 20 after; "
