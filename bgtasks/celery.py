@@ -9,7 +9,8 @@ refused with the same error at once instead of waiting out the retry policy for 
 Delivery is at least once only with these Celery settings, which the README explains:
 ``task_acks_late=True`` and ``task_reject_on_worker_lost=True``, and with Redis, in
 ``broker_transport_options``, a ``visibility_timeout`` short enough for your recovery target
-and low ``unacked_restore_interval`` and ``unacked_restore_throttle`` (kombu's sweep period).
+and low ``unacked_restore_interval`` and ``unacked_restore_throttle`` (kombu's sweep period;
+before kombu 5.7, a sweep every 100 s and one when a worker starts).
 Engine tasks must therefore be idempotent. With Redis, a worker killed after kombu has popped a
 message and before it has recorded it as unacknowledged loses that message: a gap of kombu's
 transport that no setting closes.

@@ -12,13 +12,15 @@ import os
 import recording
 from celery import Celery
 
+VISIBILITY_TIMEOUT = 3  # seconds before kombu hands an unacknowledged message out again
+
 app = Celery("bgtasks_tests", broker=os.environ.get("BGTASKS_BROKER_URL", "redis://127.0.0.1:1/0"))
 app.conf.update(
     task_acks_late=True,
     task_reject_on_worker_lost=True,
     # kombu looks for abandoned messages every interval * throttle seconds (100 by default).
     broker_transport_options={
-        "visibility_timeout": 3,
+        "visibility_timeout": VISIBILITY_TIMEOUT,
         "unacked_restore_interval": 1,
         "unacked_restore_throttle": 1,
     },
