@@ -20,7 +20,7 @@ from .tasks import (
     log_dropped,
     logger,
     run_background,
-    run_tasks,
+    run_ready,
 )
 
 __all__ = ["Response"]
@@ -325,6 +325,8 @@ class Response:
             raise
         background = self.background
         if type(background) is BackgroundTasks:
-            await run_tasks(background)  # the common case, one call less
+            rest = run_ready(background)  # the common case: often done, with nothing to await
+            if rest is not None:
+                await rest
         elif background is not None:
             await run_background(background)

@@ -164,6 +164,8 @@ def _drive(
     index: int = 0,
     end: int = 0,
     awaitable: Any = None,
+    stepped: Any = None,
+    quiet: int = 0,
 ) -> Generator[Any, Any, None]:
     # The one place tasks run. A generator-based coroutine, so that it can step each task's
     # coroutine inside the task's own context: what a step yields goes to the event loop
@@ -171,6 +173,9 @@ def _drive(
     # asyncio and trio alike and costs no new task. tasks[index:end] are claimed by this run
     # and not started yet; tasks[end:] are claimed at holder._next, as this run gets to them.
     # With failures=None the failures are logged here, at the end, instead of collected.
+    # `stepped` is a one-item list when the caller already took the first step of `awaitable`
+    # in this same task (see run_ready): the item is what that step yielded. `quiet` counts
+    # the tasks finished in a row without suspending, the caller's included.
     #
     # It is on every request's path, so the common case comes first and costs least: an async
     # task whose first step finishes it (it never suspends).
@@ -180,12 +185,17 @@ def _drive(
         failures = []
     batch: SyncBatch | None = None
     task: BackgroundTask | None = tasks[index - 1] if awaitable is not None else None
-    quiet = 0  # tasks finished in a row without suspending
     holder._runs += 1
     try:
         while True:
             if awaitable is None:
                 if index == end:  # claim the next async task, or the next stretch of sync ones
+                    if quiet >= _CHECKPOINT_EVERY:  # let cancellation and other work through
+                        quiet = 0
+                        task = None
+                        import anyio.lowlevel
+
+                        yield from anyio.lowlevel.checkpoint().__await__()
                     index = holder._next
                     if index >= len(tasks):
                         break
@@ -223,26 +233,23 @@ def _drive(
             assert task is not None
             context = task.context
             current, awaitable = awaitable, None
-            try:
-                if type(current) is not _Coroutine:
-                    current = current.__await__()
-                yielded = context.run(current.send, None)
-            except StopIteration:  # done in its first step: the common case
-                if _observe.observers:
-                    context.run(_observe.report, "finished", task, None, False)
-                quiet += 1
-                if quiet >= _CHECKPOINT_EVERY:  # let cancellation and other work through
-                    quiet = 0
-                    task = None
-                    import anyio.lowlevel
-
-                    yield from anyio.lowlevel.checkpoint().__await__()
-                continue
-            except BaseException as exc:
-                if _stops_the_run(exc):
-                    raise
-                _fail(task, exc, failures)
-                continue
+            if stepped is not None:
+                [yielded], stepped = stepped, None
+            else:
+                try:
+                    if type(current) is not _Coroutine:
+                        current = current.__await__()
+                    yielded = context.run(current.send, None)
+                except StopIteration:  # done in its first step: the common case
+                    if _observe.observers:
+                        context.run(_observe.report, "finished", task, None, False)
+                    quiet += 1
+                    continue
+                except BaseException as exc:
+                    if _stops_the_run(exc):
+                        raise
+                    _fail(task, exc, failures)
+                    continue
             # The task suspended: pass what it waits on to the loop, until it finishes.
             quiet = 0
             while True:
@@ -716,9 +723,69 @@ def log_failures(failures: list[Failure]) -> None:
 
 def run_tasks(tasks: BackgroundTasks) -> Awaitable[None]:
     """Run a BackgroundTasks in this task, inline, and log (never raise) what failed."""
-    if tasks.concurrency == 1:
-        return _drive(tasks, None)  # the driver itself, not a coroutine around it: no frame
-    return _run_concurrently_logged(tasks)
+    rest = run_ready(tasks)
+    return _DONE if rest is None else rest
+
+
+def run_ready(tasks: BackgroundTasks) -> Awaitable[None] | None:
+    """``run_tasks``, with its common case done at once: the async tasks at the head of the
+    list that finish in their first step run here, before this returns, and no driver is
+    made for them. Returns None when that was all of them, else what runs the rest, which
+    the caller awaits at once, in the same task (a first step already taken continues there).
+    """
+    if tasks.concurrency != 1:
+        return _run_concurrently_logged(tasks)
+    if _observe.observers or tasks._runs:
+        return _drive(tasks, None)
+    pending = tasks._tasks
+    quiet = 0  # tasks finished in a row without suspending
+    tasks._runs = 1  # a task that awaits this list meanwhile knows a run holds its head
+    try:
+        while True:
+            index = tasks._next
+            if index >= len(pending):
+                tasks._closed = True  # it has run: add_task would be lost
+                return None
+            task = pending[index]
+            if not task.is_async or quiet >= _CHECKPOINT_EVERY:
+                return _drive(tasks, None, True, index, index, quiet=quiet)
+            tasks._next = index + 1
+            try:
+                coroutine = task.func(*task.args, **task.kwargs)
+                if type(coroutine) is not _Coroutine:
+                    return _drive(tasks, None, True, index + 1, index + 1, coroutine, quiet=quiet)
+                yielded = task.context.run(coroutine.send, None)
+            except StopIteration:
+                quiet += 1
+                continue
+            except BaseException as exc:  # the driver files it, as if it had raised there
+                return _drive(tasks, None, True, index + 1, index + 1, _Raise(exc), quiet=quiet)
+            return _drive(tasks, None, True, index + 1, index + 1, coroutine, [yielded])
+    finally:
+        tasks._runs = 0
+
+
+class _Done(tuple):  # type: ignore[type-arg]
+    # An awaitable that is already done, for the price of iterating an empty tuple.
+    __slots__ = ()
+    __await__ = tuple.__iter__
+
+
+_DONE: Awaitable[None] = _Done()  # type: ignore[assignment]
+
+
+class _Raise:
+    # An awaitable whose first step raises `error`: hands a failure to the driver.
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+    def __await__(self) -> _Raise:
+        return self
+
+    def send(self, value: object) -> NoReturn:
+        raise self.error
 
 
 async def _run_concurrently_logged(tasks: BackgroundTasks) -> None:

@@ -10,6 +10,7 @@ import pytest
 from helpers import Recorder, http_scope, no_receive
 
 from bgtasks import BackgroundTask, BackgroundTasks, Response
+from bgtasks.tasks import _CHECKPOINT_EVERY
 
 # 7. Response
 
@@ -243,6 +244,94 @@ async def test_same_tasks_passed_to_two_responses_run_once() -> None:
     for _ in range(2):
         await Response(b"ok", background=tasks)(http_scope(), no_receive, Recorder())
     assert log == ["email"]
+
+
+# Async tasks that finish in their first step run before Response would even make a driver;
+# the rest continue in the same task, in order.
+
+
+async def test_async_failures_in_the_call_and_in_the_first_step_are_logged_by_name(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    log: list[str] = []
+
+    async def explode() -> None:
+        raise RuntimeError("smtp down")
+
+    async def needs_a_user(user: str) -> None:
+        log.append(user)
+
+    tasks = BackgroundTasks()
+    tasks.add_task(explode)
+    tasks.add_task(needs_a_user, "ann", "extra")  # type: ignore[call-arg]  # TypeError at call
+    tasks.add_task(needs_a_user, "bob")
+    await Response(b"ok", background=tasks)(http_scope(), no_receive, Recorder())
+    assert log == ["bob"]
+    errors = [r for r in caplog.records if r.name == "bgtasks" and r.levelno == logging.ERROR]
+    assert [r.exc_info[0] for r in errors if r.exc_info] == [RuntimeError, TypeError]
+    assert "explode" in errors[0].getMessage() and "needs_a_user" in errors[1].getMessage()
+
+
+async def test_a_task_that_suspends_finishes_in_the_callers_task_before_the_next() -> None:
+    log: list[tuple[str, object]] = []
+
+    async def slow() -> None:
+        log.append(("slow starts", anyio.get_current_task().id))
+        await anyio.sleep(0.001)  # a timer: asyncio waits on a future, trio parks the task
+        await anyio.sleep(0)
+        log.append(("slow ends", anyio.get_current_task().id))
+
+    async def quick() -> None:
+        log.append(("quick", anyio.get_current_task().id))
+
+    tasks = BackgroundTasks()
+    tasks.add_task(quick)
+    tasks.add_task(slow)
+    tasks.add_task(quick)
+    await Response(b"ok", background=tasks)(http_scope(), no_receive, Recorder())
+    me = anyio.get_current_task().id
+    assert log == [("quick", me), ("slow starts", me), ("slow ends", me), ("quick", me)]
+
+
+async def test_a_task_added_by_a_running_task_runs_too() -> None:
+    log: list[str] = []
+    tasks = BackgroundTasks()
+
+    async def first() -> None:
+        log.append("first")
+        tasks.add_task(second)
+
+    async def second() -> None:
+        log.append("second")
+
+    tasks.add_task(first)
+    await Response(b"ok", background=tasks)(http_scope(), no_receive, Recorder())
+    assert log == ["first", "second"]
+    with pytest.raises(RuntimeError, match="already run"):
+        tasks.add_task(second)
+
+
+@pytest.mark.parametrize("entry", ["Response", "await tasks()"])
+async def test_a_chain_that_never_suspends_lets_a_cancellation_through_and_names_the_rest(
+    entry: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    ran: list[int] = []
+
+    async def quick(i: int) -> None:
+        ran.append(i)
+
+    tasks = BackgroundTasks()
+    for i in range(3 * _CHECKPOINT_EVERY):
+        tasks.add_task(quick, i)
+    with anyio.CancelScope() as scope:
+        scope.cancel()  # delivered at the first checkpoint, which the chain must reach
+        if entry == "Response":
+            await Response(b"ok", background=tasks)(http_scope(), no_receive, Recorder())
+        else:
+            await tasks()
+    assert ran == list(range(_CHECKPOINT_EVERY))
+    [warning] = [r.getMessage() for r in caplog.records if r.name == "bgtasks"]
+    assert warning.count("quick") == 2 * _CHECKPOINT_EVERY and "never started" in warning
 
 
 # What servers refuse at send time is refused at construction (RFC 9110 field-value)
