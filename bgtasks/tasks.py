@@ -751,7 +751,8 @@ def run_ready(tasks: BackgroundTasks) -> Awaitable[None] | None:
                 return _drive(tasks, None, True, index, index, quiet=quiet)
             tasks._next = index + 1
             try:
-                coroutine = task.func(*task.args, **task.kwargs)
+                kwargs = task.kwargs
+                coroutine = task.func(*task.args, **kwargs) if kwargs else task.func(*task.args)
                 if type(coroutine) is not _Coroutine:
                     return _drive(tasks, None, True, index + 1, index + 1, coroutine, quiet=quiet)
                 yielded = task.context.run(coroutine.send, None)
