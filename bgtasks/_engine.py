@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import sys
 import threading
 import time
@@ -72,17 +73,20 @@ _KEEP_IDLE = 16  # parked consumers kept per loop; more end instead of parking
 # asyncio 3.12+ can start a task eagerly: its first step runs at once, and a task that never
 # suspends costs no loop iteration (~0.7 us in all, against two loop iterations for a hand-off
 # to a consumer and back). Older asyncio and trio hand off.
-_EAGER = sys.version_info >= (3, 12)
 
 
-def _start_eagerly(
-    coroutine: Coroutine[Any, Any, None], loop: asyncio.AbstractEventLoop
-) -> asyncio.Task[None]:
+def _eager_starter(
+    loop: asyncio.AbstractEventLoop,
+) -> Callable[[Coroutine[Any, Any, None]], asyncio.Task[None]] | None:
+    # What starts a coroutine in an eager task on `loop`, each in an empty context of its own;
+    # None where asyncio cannot.
     if sys.version_info >= (3, 12):
         import asyncio
 
-        return asyncio.Task(coroutine, loop=loop, context=contextvars.Context(), eager_start=True)
-    raise NotImplementedError  # pragma: no cover - only called where _EAGER
+        make = functools.partial(asyncio.Task, loop=loop, eager_start=True)
+        new_context = contextvars.Context
+        return lambda coroutine: make(coroutine, context=new_context())
+    return None
 
 
 def current_thread_limiter() -> anyio.CapacityLimiter:
@@ -243,6 +247,7 @@ class Engine:
         self.waking = 0  # consumers woken or started, not yet at the queue
         self.consumers = 0
         self.limiter: anyio.CapacityLimiter | None = None  # see current_thread_limiter
+        self.start_eagerly = _eager_starter(self.loop) if self.loop is not None else None
         self.threads = _Runner(self)
 
     def signal(self) -> Signal:
@@ -260,8 +265,8 @@ class Engine:
             batch = job.batch = SyncBatch(calls, job)
             self.threads.submit(batch)
             return
-        if now and _EAGER and self.loop is not None:
-            task = _start_eagerly(self._run_now(job), self.loop)
+        if now and self.start_eagerly is not None:
+            task = self.start_eagerly(self._run_now(job))
             if not job.settled:
                 job.scope = task
             return

@@ -845,12 +845,12 @@ class Run(Job):
 
     async def run(self) -> None:
         tasks = self.tasks
-        failures: list[Failure] = []
-        if tasks.concurrency == 1:
-            await _drive(tasks, failures, True, self.index, self.end, self.awaitable)
+        if self.awaitable is None and self.index == self.end:  # not resumed after a batch
+            rest = run_ready(tasks)
+            if rest is not None:
+                await rest
         else:
-            failures = await tasks._run_logged()
-        log_failures(failures)
+            await _drive(tasks, None, True, self.index, self.end, self.awaitable)
 
     def settle(self) -> None:
         if not self.tasks._runs:
