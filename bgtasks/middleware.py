@@ -94,6 +94,16 @@ def _log_unsent(tasks: BackgroundTasks, reason: str) -> None:
     )
 
 
+def _detached_without_lifespan() -> RuntimeError:
+    return RuntimeError(
+        "BackgroundTasksMiddleware(detached=True) needs the ASGI lifespan protocol to drain "
+        "its work at shutdown, and lifespan has not reached it: either the server runs none "
+        "(daphne; enable it, e.g. uvicorn --lifespan on), or a framework did not pass it on "
+        "to its middleware (Litestar's middleware=[...]). Install it outermost, app = "
+        "BackgroundTasksMiddleware(app, detached=True), or use detached=False."
+    )
+
+
 def succeeded(status: int) -> bool:
     """The default ``run_if``: a request's tasks run only when its status is below 400."""
     return status < 400
@@ -137,7 +147,7 @@ def get_background_tasks(request: Scope | HasScope | None = None) -> BackgroundT
                 "command, a shell, a worker) there is no request whose tasks these would be. "
                 "Run the work directly, or pass the request: get_background_tasks(request)."
             ) from None
-    scope = _scope_of(request)
+    scope = request if type(request) is dict else _scope_of(request)
     try:
         tasks: BackgroundTasks = scope[SCOPE_KEY]
     except KeyError:
@@ -162,9 +172,11 @@ class HasScope(Protocol):
 
 
 def _scope_of(request: object) -> Scope:
+    scope = getattr(request, "scope", None)
+    if type(scope) is dict:  # a framework's request object: the common case
+        return scope
     if isinstance(request, MutableMapping):
         return request
-    scope = getattr(request, "scope", None)
     if isinstance(scope, MutableMapping):
         return scope
     if hasattr(request, "META"):  # Django's WSGIRequest: runserver, django.test.Client
@@ -266,23 +278,13 @@ class BackgroundTasksMiddleware:
         return dispatcher if isinstance(dispatcher, LocalDispatcher) else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await self._run_lifespan(scope, receive, send)
-        elif scope["type"] != "http" or SCOPE_KEY in scope:
-            await self.app(scope, receive, send)  # another kind, or an outer middleware owns it
-        else:
-            await self._http(scope, receive, send)
-
-    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # The common request, in full: no enqueued calls, room in the backlog. Each rare path
+        # is a method named for it, beside this one.
+        if scope["type"] != "http" or SCOPE_KEY in scope:
+            await self._not_ours(scope, receive, send)
+            return
         if self.detached and self._lifespan is _NOT_STARTED:
-            raise RuntimeError(
-                "BackgroundTasksMiddleware(detached=True) needs the ASGI lifespan protocol to "
-                "drain its work at shutdown, and lifespan has not reached it: either the server "
-                "runs none (daphne; enable it, e.g. uvicorn --lifespan on), or a framework did "
-                "not pass it on to its middleware (Litestar's middleware=[...]). Install it "
-                "outermost, app = BackgroundTasksMiddleware(app, detached=True), or use "
-                "detached=False."
-            )
+            raise _detached_without_lifespan()
         tasks = scope[SCOPE_KEY] = BackgroundTasks()
         tasks.dispatcher = self.dispatcher
         scope[MIDDLEWARE_KEY] = self
@@ -308,7 +310,7 @@ class BackgroundTasksMiddleware:
             elif not complete:
                 test = COMPLETES_RESPONSE.get(kind)
                 complete = test is not None and test(message, trailers)
-                if complete and len(work) >= max_pending and has_tasks(tasks):
+                if complete and has_tasks(tasks) and len(work) >= max_pending:
                     # Back-pressure: hold the end of the response until there is room. Holding
                     # the call's return would not do: servers read the next request on the
                     # connection as soon as the response is complete.
@@ -332,40 +334,54 @@ class BackgroundTasksMiddleware:
         try:
             await self.app(scope, receive, tracking_send)
         except BaseException as exc:
-            if has_calls(tasks):
-                _log_unsent(tasks, "the app raised")
-            if not has_tasks(tasks):
-                raise
-            if complete and isinstance(exc, anyio.get_cancelled_exc_class()):
-                # The server cancelled the call after the response was delivered: the work
-                # happened, so it gets its grace period.
-                job = self._submit(tasks)
-                await self._grace(job)
-                raise
-            if complete and isinstance(exc, OSError):
-                await self._hand_off(tasks)  # the client left, as in Response
-                raise
-            log_dropped(tasks, "the app raised, so its request's background tasks were dropped")
+            await self._app_raised(tasks, exc, complete)
             raise
         finally:
             _current.reset(token)
-        if has_calls(tasks):  # enqueued after the response started: sent now, refusals logged
-            if complete:
-                await self._send_enqueued(tasks, status, refused_means_503=False)
-            else:
-                _log_unsent(tasks, "the app returned without completing its response")
+        if has_calls(tasks):  # enqueued after the response started
+            await self._send_late(tasks, complete, status)
         if not has_tasks(tasks):
             close(tasks)
+        elif complete and self.run_if(status):
+            await self._hand_off(tasks)
+        else:
+            self._drop(tasks, complete, status)
+
+    async def _not_ours(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._run_lifespan(scope, receive, send)
+        else:  # another kind, or an outer middleware owns the request
+            await self.app(scope, receive, send)
+
+    async def _app_raised(self, tasks: BackgroundTasks, exc: BaseException, complete: bool) -> None:
+        # The app raised; the caller re-raises once this has dealt with the request's work.
+        if has_calls(tasks):
+            _log_unsent(tasks, "the app raised")
+        if not has_tasks(tasks):
             return
+        if complete and isinstance(exc, anyio.get_cancelled_exc_class()):
+            # The server cancelled the call after the response was delivered: the work
+            # happened, so it gets its grace period.
+            await self._grace(self._submit(tasks))
+        elif complete and isinstance(exc, OSError):
+            await self._hand_off(tasks)  # the client left, as in Response
+        else:
+            log_dropped(tasks, "the app raised, so its request's background tasks were dropped")
+
+    async def _send_late(self, tasks: BackgroundTasks, complete: bool, status: int) -> None:
+        # Calls enqueued after the response started are sent now; refusals can only be logged.
+        if complete:
+            await self._send_enqueued(tasks, status, refused_means_503=False)
+        else:
+            _log_unsent(tasks, "the app returned without completing its response")
+
+    def _drop(self, tasks: BackgroundTasks, complete: bool, status: int) -> None:
         if not complete:
             log_dropped(tasks, "the app returned without completing its response; tasks dropped")
-            return
-        if not self.run_if(status):
+        else:
             log_dropped(
                 tasks, f"the response's status {status} fails run_if, so its tasks were dropped"
             )
-            return
-        await self._hand_off(tasks)
 
     async def _send_enqueued(
         self, tasks: BackgroundTasks, status: int, refused_means_503: bool
