@@ -55,7 +55,10 @@ class _Request:
         else:
             await _tasks.run_tasks(self.tasks)
 
-    async def exit(
+    async def __aenter__(self) -> _Request:  # never entered: pushed on the stack by its exit
+        return self
+
+    async def __aexit__(
         self, kind: type[BaseException] | None, error: BaseException | None, traceback: object
     ) -> bool:
         if kind is not None:
@@ -87,7 +90,7 @@ async def _request_tasks(
         )
     state = _Request(tasks, scope.get(MIDDLEWARE_KEY))
     background_tasks.add_task(state.run)
-    stack.push_async_exit(state.exit)
+    stack.push_async_exit(state)  # an __aexit__: the stack need not probe a bound method
     return tasks
 
 
