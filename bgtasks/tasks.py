@@ -9,6 +9,9 @@ Theory of operation:
 * A task snapshots the contextvars when it is created, like ``loop.call_soon``. Async tasks run
   in that snapshot without a new task: ``_drive`` steps each coroutine inside
   ``Context.run``, which is what asyncio does for every Task step, for the price of a call.
+  ``run_ready`` (``Response``, the engine) takes the first steps of the tasks at the head of a
+  list itself, and makes a driver only once one is needed: a task suspended or failed, or the
+  next one is sync.
   A lone ``BackgroundTask`` may be run many times, even at once: each run gets its own copy.
 * ``BackgroundTasks`` is a list with a cursor. A run *claims* tasks at the cursor, one async
   task or a stretch of consecutive sync tasks (one thread hop) at a time, so every task runs at
