@@ -36,7 +36,7 @@ import functools
 import sys
 import types
 from collections.abc import Awaitable, Callable, Generator, Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec
+from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, overload
 
 import anyio
 
@@ -144,6 +144,26 @@ def _reject_generator(func: object) -> NoReturn:
         f"its body would never run. Make it a plain (async) function, or pass a function that "
         f"consumes it, e.g. add_task(list, gen()) or an async def that iterates it."
     )
+
+
+class _Missing:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<missing>"
+
+
+_MISSING: Any = _Missing()
+
+
+def _func_by_keyword(kwargs: dict[str, Any], where: str) -> Any:
+    # Starlette's add_task(func=f, ...): with no positional function, `func=` is the task.
+    try:
+        return kwargs.pop("func")
+    except KeyError:
+        raise TypeError(
+            f"{where}() needs the function to run: {where}(func, *args, **kwargs)"
+        ) from None
 
 
 def reject_non_callable(func: object, where: str) -> NoReturn:
@@ -361,7 +381,15 @@ class BackgroundTask:
     context: contextvars.Context
     _name: str | None
 
-    def __init__(self, func: Callable[P, Any], /, *args: P.args, **kwargs: P.kwargs) -> None:
+    @overload
+    def __init__(self, func: Callable[P, Any], /, *args: P.args, **kwargs: P.kwargs) -> None: ...
+    @overload
+    def __init__(self, *, func: Callable[..., Any], **kwargs: Any) -> None: ...
+    # The second form's `func=` arrives in **kwargs: the positional-only `func` leaves a task
+    # free to take a keyword argument named func.
+    def __init__(self, func: Any = _MISSING, /, *args: Any, **kwargs: Any) -> None:  # type: ignore[misc]
+        if func is _MISSING:
+            func = _func_by_keyword(kwargs, type(self).__name__)
         self.is_async = _classify(func, type(self).__name__)
         self.func = func
         self.args = args
@@ -420,13 +448,15 @@ class BackgroundTasks:
       task's own exception if one failed, or a flat ExceptionGroup of them if several did.
     * Cancellation propagates at once. One warning on the ``bgtasks`` logger names each task
       that was cancelled or never started.
+    * As FastAPI's list: always truthy, even empty (``len()`` counts), ``.tasks`` lists the
+      tasks, ``add_task(func=f, ...)`` works. README lists the differences that remain.
     """
 
     __slots__ = ("_tasks", "_next", "_runs", "_closed", "concurrency", "dispatcher", "_calls")
 
     def __init__(
         self,
-        tasks: Iterable[BackgroundTask] = _NO_TASKS,
+        tasks: Iterable[BackgroundTask] | None = _NO_TASKS,
         *,
         concurrency: int = 1,
         dispatcher: Dispatcher | None = None,
@@ -444,6 +474,8 @@ class BackgroundTasks:
             raise TypeError(f"concurrency must be an int, got {concurrency!r}")
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, got {concurrency}")
+        if tasks is None:  # Starlette's default
+            tasks = _NO_TASKS
         if not isinstance(tasks, Iterable) or isinstance(tasks, (str, bytes)):
             raise TypeError(
                 f"tasks must be an iterable of BackgroundTask objects, got {tasks!r}; "
@@ -511,15 +543,27 @@ class BackgroundTasks:
         calls, self._calls = self._calls or [], None
         return calls
 
+    @overload
     def add_task(
         self, func: Callable[P, Any], /, *args: P.args, **kwargs: P.kwargs
+    ) -> BackgroundTask: ...
+    @overload
+    def add_task(self, *, func: Callable[..., Any], **kwargs: Any) -> BackgroundTask: ...
+    def add_task(  # type: ignore[misc]  # func= arrives in **kwargs, as in __init__
+        self, func: Any = _MISSING, /, *args: Any, **kwargs: Any
     ) -> BackgroundTask:
         """Append ``func(*args, **kwargs)`` and return its BackgroundTask.
 
         Safe to call from a running task, and from a sync endpoint in a worker thread. The
         contextvars are captured here. Raises TypeError for a non-callable or a generator
-        function, and RuntimeError once the list has run (it is single use).
+        function, and RuntimeError once the list has run (it is single use): Starlette's
+        list would keep such a task and never run it.
+
+        ``add_task(func=f, x=1)`` works as in Starlette. When ``func`` comes first by position,
+        a ``func=`` keyword is an argument of the task itself.
         """
+        if func is _MISSING:
+            func = _func_by_keyword(kwargs, "add_task")
         # BackgroundTask(func, *args, **kwargs), inlined: add_task is on every request's path.
         task = object.__new__(BackgroundTask)
         task.is_async = _classify(func, "add_task")
@@ -539,8 +583,19 @@ class BackgroundTasks:
             _observe.report("added", task)
         return task
 
+    @property
+    def tasks(self) -> tuple[BackgroundTask, ...]:
+        """The tasks added so far, in order, each with ``func``, ``args``, ``kwargs`` and
+        ``is_async``, as on Starlette's list. A snapshot to read; add with ``add_task``."""
+        return tuple(self._tasks)
+
     def __len__(self) -> int:
         return len(self._tasks)
+
+    def __bool__(self) -> bool:
+        # Always true, as FastAPI's list is: `if background_tasks:` guards an optional
+        # injection, and an empty list must not read as "no list".
+        return True
 
     def __iter__(self) -> Iterator[BackgroundTask]:
         return iter(self._tasks)

@@ -172,6 +172,48 @@ def test_len_and_iteration_follow_add_order() -> None:
     assert list(tasks)[1] is second
 
 
+def test_tasks_lists_the_added_tasks_and_is_not_a_way_to_add() -> None:
+    tasks = BackgroundTasks()
+    assert tasks.tasks == ()
+    first = tasks.add_task(append_sync, [], 1)
+    listed = tasks.tasks
+    assert listed == (first,)
+    with pytest.raises(AttributeError):
+        listed.append(BackgroundTask(print))  # type: ignore[attr-defined]
+    assert len(tasks) == 1
+
+
+def test_empty_list_is_truthy_and_len_still_counts() -> None:
+    tasks = BackgroundTasks()
+    assert tasks
+    assert len(tasks) == 0
+
+
+async def test_func_by_keyword_is_the_task_only_when_no_function_comes_first() -> None:
+    seen: list[Any] = []
+
+    def apply(func: Any, value: int) -> None:
+        seen.append(func(value))
+
+    tasks = BackgroundTasks()
+    tasks.add_task(apply, func=str, value=2)  # func= is the task's own argument here
+    tasks.add_task(func=append_sync, log=seen, item="by keyword")
+    await tasks()
+    await BackgroundTask(func=append_sync, log=seen, item="single")()
+    assert seen == ["2", "by keyword", "single"]
+
+
+@pytest.mark.parametrize("make", [lambda: BackgroundTasks().add_task(), lambda: BackgroundTask()])
+def test_no_function_at_all_raises_with_the_fix(make: Any) -> None:
+    with pytest.raises(TypeError, match=r"needs the function to run: \w+\(func, \*args"):
+        make()
+
+
+def test_none_for_tasks_is_an_empty_list_as_in_starlette() -> None:
+    assert len(BackgroundTasks(None)) == 0
+    assert len(BackgroundTasks(tasks=None, concurrency=2)) == 0
+
+
 # 2. Order
 
 
