@@ -12,18 +12,23 @@ Rules:
 3. Each call is sent in the contextvars of its ``enqueue`` (a tracing span, say), so the
    engine's own instrumentation can continue the request's trace.
 4. What ``send`` raises counts as a failure of every call in the batch.
+5. A dispatcher whose workers are this process may also have ``run_here(call)``: for each call
+   ``send`` took, the ``BackgroundTask`` that runs it here. It joins the request's tasks, so it
+   runs once the response is complete, counted and drained with them. ``InProcess``
+   dispatchers (``wait_idle`` and ``drain``) have work of their own, which the middleware
+   waits for and drains; ``start()``, if present, is called at lifespan startup.
 """
 
 from __future__ import annotations
 
 import contextvars
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from . import _observe
 from ._engine import Engine, Signal, SyncBatch, current_engine
 
-__all__ = ["Call", "Dispatcher"]
+__all__ = ["Call", "Dispatcher", "InProcess"]
 
 
 class Call:
@@ -57,6 +62,20 @@ class Dispatcher(Protocol):
         Return one entry per call: None once the broker has acknowledged it, or the exception
         that refused it.
         """
+        ...
+
+
+@runtime_checkable
+class InProcess(Protocol):
+    """A dispatcher that runs work in this process, which must be waited for and drained."""
+
+    async def wait_idle(self) -> None:
+        """Return once no work of the dispatcher is queued or running in this process."""
+        ...
+
+    async def drain(self, timeout: float, reason: str) -> int:
+        """Wait up to ``timeout`` for the work in flight, give up the rest naming it with
+        ``reason``, and return how many units of work were given up."""
         ...
 
 

@@ -32,17 +32,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, MutableMapping
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import anyio
 
 from . import _observe
 from ._engine import Work, current_engine
 from ._types import ASGIApp, Message, Receive, Scope, Send
-from .dispatch import Dispatcher, send_calls
-
-if TYPE_CHECKING:
-    from .local import LocalDispatcher
+from .dispatch import Dispatcher, InProcess
 from .tasks import (
     BackgroundTasks,
     Run,
@@ -51,7 +48,7 @@ from .tasks import (
     has_tasks,
     log_dropped,
     logger,
-    refused_calls,
+    send_enqueued,
     take_calls,
 )
 
@@ -266,16 +263,15 @@ class BackgroundTasksMiddleware:
         calls count too.
         """
         await self._work.wait_idle()
-        local = self._local_dispatcher()
+        local = self._in_process()
         if local is not None:
             await local.wait_idle()
             await self._work.wait_idle()
 
-    def _local_dispatcher(self) -> LocalDispatcher | None:
-        from .local import LocalDispatcher
-
+    def _in_process(self) -> InProcess | None:
+        # A dispatcher that runs calls in this process (LocalDispatcher, SQLiteDispatcher).
         dispatcher = self.dispatcher
-        return dispatcher if isinstance(dispatcher, LocalDispatcher) else None
+        return dispatcher if isinstance(dispatcher, InProcess) else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # The common request, in full: no enqueued calls, room in the backlog. Each rare path
@@ -393,7 +389,7 @@ class BackgroundTasksMiddleware:
             return True
         assert self.dispatcher is not None
         calls = take_calls(tasks)
-        refused = refused_calls(calls, await send_calls(self.dispatcher, calls))
+        refused = await send_enqueued(tasks, self.dispatcher, calls)
         if not refused:
             return True
         consequence = (
@@ -467,7 +463,11 @@ class BackgroundTasksMiddleware:
             nonlocal received_any
             message = await receive()
             received_any = True
-            if message["type"] == "lifespan.shutdown":
+            if message["type"] == "lifespan.startup":
+                start = getattr(self.dispatcher, "start", None)
+                if start is not None:  # e.g. SQLiteDispatcher takes over the dead's calls
+                    start()
+            elif message["type"] == "lifespan.shutdown":
                 await self._drain()
             return message
 
@@ -494,7 +494,7 @@ class BackgroundTasksMiddleware:
         cancelled = await self._work.drain(
             timeout, f"shutdown_timeout ({timeout}s) ran out; background work given up"
         )
-        local = self._local_dispatcher()
+        local = self._in_process()
         if local is not None:
             cancelled += await local.drain(
                 timeout, f"shutdown_timeout ({timeout}s) ran out; enqueued work given up"

@@ -618,7 +618,7 @@ class BackgroundTasks:
         # Direct use: send what was enqueued, and raise (naming the calls) if any was refused.
         assert self.dispatcher is not None
         calls = self._take_calls()
-        refused = refused_calls(calls, await send_calls(self.dispatcher, calls))
+        refused = await send_enqueued(self, self.dispatcher, calls)
         if refused:
             raise RuntimeError(
                 f"the broker refused {len(refused)} of {len(calls)} enqueued calls: "
@@ -728,6 +728,21 @@ def refused_calls(
     calls: Sequence[Call], results: Sequence[BaseException | None]
 ) -> list[tuple[Call, BaseException]]:
     return [(call, error) for call, error in zip(calls, results, strict=True) if error is not None]
+
+
+async def send_enqueued(
+    tasks: BackgroundTasks, dispatcher: Dispatcher, calls: Sequence[Call]
+) -> list[tuple[Call, BaseException]]:
+    """Send ``calls``; return the refused ones. A dispatcher whose workers are this process
+    (``run_here``) gives a task for each call it took, which joins ``tasks`` and so runs after
+    the response, counted and drained with the request's own."""
+    results = await send_calls(dispatcher, calls)
+    run_here = getattr(dispatcher, "run_here", None)
+    if run_here is not None:
+        for call, error in zip(calls, results, strict=True):
+            if error is None:
+                tasks._tasks.append(run_here(call))
+    return refused_calls(calls, results)
 
 
 class Droppable:

@@ -1,0 +1,203 @@
+"""The journal: every statement bgtasks runs against the SQLite file, and nothing else.
+
+Rules:
+
+1. One table, ``bgtasks_calls``. A row is a call that has not finished: ``queued`` (new to
+   nobody, or a retry waiting for ``run_after``), ``running`` (held by ``owner`` until
+   ``lease_until``) or ``failed`` (its last attempt failed; ``error`` holds the traceback). A
+   finished call's row is deleted, so the file stays as large as the work outstanding.
+2. Times are Unix seconds (``time.time()``): several processes read them.
+3. Every write is one short transaction. A call is inserted already ``running`` under its
+   writer's lease, so no other process takes it while the writer lives; the writer runs it
+   once its response is complete.
+4. Every change to a claimed row names its owner (``AND owner = ?``): a process whose lease
+   ran out and was taken over cannot mark another process's attempt.
+5. One connection per process, behind a lock: SQLite lets one writer in at a time anyway, and
+   other processes wait up to ``_BUSY_TIMEOUT`` for the write lock. After a fork the child
+   opens its own.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+_BUSY_TIMEOUT = 10.0  # seconds a write waits for another process's transaction
+_WAL_LIMIT = 4 * 1024 * 1024  # bytes the write-ahead log is cut back to after a checkpoint
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS bgtasks_calls (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL,
+    args TEXT NOT NULL,
+    kwargs TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('queued', 'running', 'failed')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    run_after REAL NOT NULL DEFAULT 0,
+    owner TEXT,
+    lease_until REAL,
+    error TEXT
+);
+CREATE INDEX IF NOT EXISTS bgtasks_calls_by_state ON bgtasks_calls (state, run_after);
+"""
+
+INSERT_RUNNING = """
+INSERT INTO bgtasks_calls (name, args, kwargs, state, attempts, owner, lease_until)
+VALUES (?, ?, ?, 'running', 1, ?, ?)
+"""
+FINISH = "DELETE FROM bgtasks_calls WHERE id = ? AND owner = ?"
+RETRY_LATER = """
+UPDATE bgtasks_calls SET state = 'queued', owner = NULL, lease_until = NULL, run_after = ?,
+    error = ?
+WHERE id = ? AND owner = ?
+"""
+FAIL = """
+UPDATE bgtasks_calls SET state = 'failed', owner = NULL, lease_until = NULL, error = ?
+WHERE id = ? AND owner = ?
+"""
+RENEW = "UPDATE bgtasks_calls SET lease_until = ? WHERE owner = ? AND state = 'running'"
+OTHER_OWNERS = "SELECT DISTINCT owner FROM bgtasks_calls WHERE state = 'running' AND owner != ?"
+EXPIRE_OWNER = "UPDATE bgtasks_calls SET lease_until = 0 WHERE state = 'running' AND owner = ?"
+CLAIMABLE = """
+SELECT id, name, args, kwargs, attempts FROM bgtasks_calls
+WHERE name IN ({names})
+  AND ((state = 'queued' AND run_after <= ?) OR (state = 'running' AND lease_until < ?))
+ORDER BY id LIMIT ?
+"""
+CLAIM = """
+UPDATE bgtasks_calls SET state = 'running', owner = ?, lease_until = ?, attempts = attempts + 1
+WHERE id = ?
+"""
+NAMES = "SELECT DISTINCT name FROM bgtasks_calls WHERE state != 'failed'"
+STATUS = "SELECT state, count(*) FROM bgtasks_calls GROUP BY state"
+FAILED = """
+SELECT id, name, args, kwargs, attempts, error FROM bgtasks_calls WHERE state = 'failed'
+ORDER BY id
+"""
+RETRY_FAILED = """
+UPDATE bgtasks_calls SET state = 'queued', run_after = 0, attempts = 0, error = NULL
+WHERE state = 'failed'
+"""
+HELD_BY = "SELECT name FROM bgtasks_calls WHERE owner = ? AND state = 'running' ORDER BY id"
+
+
+Row = tuple[Any, ...]
+
+
+class Journal:
+    """The file, opened and checked; each method is one transaction, safe from any thread."""
+
+    def __init__(self, path: str, synchronous: str) -> None:
+        self.path = path
+        self.synchronous = synchronous
+        self._lock = threading.Lock()
+        self._pid = -1
+        self._connection: sqlite3.Connection | None = None
+        with self._lock:
+            self._connect()  # here, so that a bad path fails where it was given
+
+    def _connect(self) -> sqlite3.Connection:
+        # Called with the lock held. A forked child must not share its parent's connection.
+        if self._connection is not None and self._pid == os.getpid():
+            return self._connection
+        connection = sqlite3.connect(
+            self.path, timeout=_BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
+        )
+        try:
+            mode = connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise sqlite3.OperationalError(f"the journal mode stayed {mode!r}, not WAL")
+            connection.execute(f"PRAGMA synchronous = {self.synchronous}")
+            connection.execute(f"PRAGMA journal_size_limit = {_WAL_LIMIT}")
+            connection.executescript(SCHEMA)
+        except BaseException:
+            connection.close()
+            raise
+        self._connection, self._pid = connection, os.getpid()
+        return connection
+
+    def _write(self, statements: Iterable[tuple[str, Sequence[Any]]]) -> list[sqlite3.Cursor]:
+        with self._lock:
+            connection = self._connect()
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                cursors = [connection.execute(sql, params) for sql, params in statements]
+            except BaseException:
+                connection.execute("ROLLBACK")
+                raise
+            connection.execute("COMMIT")
+            return cursors
+
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        with self._lock:
+            return self._connect().execute(sql, params).fetchall()
+
+    def insert_running(
+        self, rows: Sequence[tuple[str, str, str]], owner: str, lease_until: float
+    ) -> list[int]:
+        """Write new calls, held by ``owner``; return their ids, in order."""
+        cursors = self._write(
+            (INSERT_RUNNING, (name, args, kwargs, owner, lease_until))
+            for name, args, kwargs in rows
+        )
+        return [int(cursor.lastrowid or 0) for cursor in cursors]
+
+    def finish(self, call_id: int, owner: str) -> bool:
+        """The call succeeded: delete it. False if ``owner`` no longer held it."""
+        return self._write([(FINISH, (call_id, owner))])[0].rowcount == 1
+
+    def retry_later(self, call_id: int, owner: str, run_after: float, error: str) -> bool:
+        return self._write([(RETRY_LATER, (run_after, error, call_id, owner))])[0].rowcount == 1
+
+    def fail(self, call_id: int, owner: str, error: str) -> bool:
+        return self._write([(FAIL, (error, call_id, owner))])[0].rowcount == 1
+
+    def renew(self, owner: str, lease_until: float) -> None:
+        self._write([(RENEW, (lease_until, owner))])
+
+    def other_owners(self, owner: str) -> list[str]:
+        return [row[0] for row in self._read(OTHER_OWNERS, (owner,))]
+
+    def expire(self, owners: Sequence[str]) -> None:
+        """Their processes are dead: their calls may be claimed now, not when leases run out."""
+        self._write((EXPIRE_OWNER, (dead,)) for dead in owners)
+
+    def claim(
+        self, names: Sequence[str], owner: str, now: float, lease_until: float, limit: int
+    ) -> list[Row]:
+        """Take up to ``limit`` calls of ``names`` that are due, or whose lease ran out."""
+        if not names or limit < 1:
+            return []
+        select = CLAIMABLE.format(names=", ".join("?" * len(names)))
+        with self._lock:
+            connection = self._connect()
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                rows = connection.execute(select, (*names, now, now, limit)).fetchall()
+                connection.executemany(CLAIM, [(owner, lease_until, row[0]) for row in rows])
+            except BaseException:
+                connection.execute("ROLLBACK")
+                raise
+            connection.execute("COMMIT")
+        # The attempt now starting is one more than the row said.
+        return [(*row[:4], row[4] + 1) for row in rows]
+
+    def names(self) -> list[str]:
+        return [row[0] for row in self._read(NAMES)]
+
+    def status(self) -> dict[str, int]:
+        counts = {"queued": 0, "running": 0, "failed": 0}
+        counts.update({state: count for state, count in self._read(STATUS)})
+        return counts
+
+    def failed(self) -> list[Row]:
+        return self._read(FAILED)
+
+    def retry_failed(self) -> int:
+        return self._write([(RETRY_FAILED, ())])[0].rowcount
+
+    def held_by(self, owner: str) -> list[str]:
+        return [row[0] for row in self._read(HELD_BY, (owner,))]
