@@ -31,6 +31,8 @@ def _command(server: str, app: str, port: int) -> list[str]:
         return [*python, "hypercorn", "-k", worker, "-b", f"127.0.0.1:{port}", app]
     if server == "granian":
         return [*python, "granian", "--interface", "asgi", "--port", str(port), app]
+    if server == "gunicorn":  # the worker class and settings come in serve()'s args
+        return [*python, "gunicorn", app, "--bind", f"127.0.0.1:{port}"]
     if server == "daphne":
         return [*python, "daphne", "-b", "127.0.0.1", "-p", str(port), app]
     raise ValueError(f"unknown server {server!r}")

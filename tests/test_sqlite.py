@@ -18,10 +18,13 @@ from typing import Any
 import anyio
 import anyio.to_thread
 import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
 from helpers import Lifespan, Recorder, answer_lifespan, http_scope, no_receive
 
 import bgtasks.sqlite
 from bgtasks import BackgroundTasks, BackgroundTasksMiddleware, Response, get_background_tasks
+from bgtasks.fastapi import BackgroundTasks as DropInTasks
 from bgtasks.sqlite import SQLiteDispatcher
 
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="unset")
@@ -295,18 +298,22 @@ async def test_a_call_that_always_fails_is_kept_failed_with_its_error(
     await jobs.drain(1, "test over")
 
 
-@pytest.mark.parametrize("func", [blocks, sleeps])
-async def test_a_timeout_fails_the_attempt_of_each_kind_of_call(path: Path, func: Any) -> None:
+@pytest.mark.parametrize("task", [blocks, sleeps])
+async def test_a_timeout_fails_the_attempt_of_each_kind_of_call(path: Path, task: Any) -> None:
     jobs = SQLiteDispatcher(path, lease=1.5, poll_interval=0.05)
-    jobs.task(func, timeout=0.2)
+    jobs.task(task, timeout=0.2)
     tasks = BackgroundTasks(dispatcher=jobs)
-    tasks.enqueue(func, "k3")
+    tasks.enqueue(task, "k3")
     with pytest.raises(TimeoutError):
         await tasks()
     [failed] = jobs.failed()
     assert "TimeoutError" in failed.error
-    assert runs == [(func.__name__, "k3")]  # a sync one is abandoned in its thread, not joined
+    assert runs == [(task.__name__, "k3")]  # a sync one is abandoned in its thread, not joined
     await jobs.drain(1, "test over")
+    if task is blocks:  # let the abandoned thread finish here, not in the next test
+        release.set()
+        await eventually(lambda: ("unblocked", "k3") in runs, "the abandoned thread")
+        assert jobs.failed()[0].attempts == 1  # its late return changes nothing
 
 
 async def test_retry_failed_queues_the_failed_calls_again(
@@ -552,3 +559,32 @@ def test_the_command_line_shows_the_file_and_retries_the_failed(path: Path) -> N
 
 def test_the_module_names_what_it_exports() -> None:
     assert set(bgtasks.sqlite.__all__) == {"FailedCall", "SQLiteDispatcher"}
+
+
+# With FastAPI's drop-in, and get_background_tasks() with no argument.
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_the_fastapi_drop_in_and_the_argumentless_lookup_enqueue_to_the_file(
+    path: Path, backend: Any
+) -> None:
+    jobs = dispatcher(path)
+    api = FastAPI()
+
+    def service(to: str) -> None:  # deep in the app, no request at hand
+        get_background_tasks().enqueue(send_welcome, to, lang="de")
+
+    @api.post("/signup/{to}")
+    def signup(to: str, tasks: DropInTasks) -> dict[str, bool]:
+        tasks.enqueue(notify, len(to))
+        service(to)
+        return {"ok": True}
+
+    app = BackgroundTasksMiddleware(api, dispatcher=jobs)
+    with TestClient(app, backend=backend) as client:
+        assert client.post("/signup/ada").json() == {"ok": True}
+        client.portal.call(app.wait_idle)  # type: ignore[union-attr]
+        assert sorted(map(str, runs)) == sorted(
+            map(str, [("notify", 3, "unset"), ("send_welcome", "ada", "de", "unset")])
+        )
+    assert rows(path) == []
