@@ -1,16 +1,18 @@
-"""Apps for benchmarks/enqueue.py: one Celery call per request, three ways, beside the
-in-process write_log task. ``BGTASKS_BROKER_URL`` names the Redis broker."""
+"""Apps for benchmarks/enqueue.py: one call per request to SQLite or to Celery, beside the same
+work as an in-process task. ``BGTASKS_BROKER_URL`` names the Redis broker,
+``BGTASKS_BENCH_SQLITE`` the SQLite file."""
 
 from __future__ import annotations
 
 import os
 from typing import Any
 
-from apps import BODY_MESSAGE, START, answer_lifespan, write_log
+from apps import BODY_MESSAGE, START, answer_lifespan, write_log, write_log_async
 from celery import Celery
 
 import bgtasks
 from bgtasks.celery import CeleryDispatcher
+from bgtasks.sqlite import SQLiteDispatcher
 
 celery_app = Celery("bench", broker=os.environ.get("BGTASKS_BROKER_URL", "redis://127.0.0.1:1/0"))
 
@@ -20,12 +22,15 @@ def record(path: str) -> None:
     write_log(path)
 
 
-async def _enqueue(scope: Any, receive: Any, send: Any) -> None:
-    if scope["type"] == "lifespan":
-        return await answer_lifespan(receive, send)
-    bgtasks.get_background_tasks(scope).enqueue(record, scope["path"])
-    await send(START)
-    await send(BODY_MESSAGE)
+def _enqueuing(task: Any) -> Any:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            return await answer_lifespan(receive, send)
+        bgtasks.get_background_tasks(scope).enqueue(task, scope["path"])
+        await send(START)
+        await send(BODY_MESSAGE)
+
+    return app
 
 
 async def delay_in_handler(scope: Any, receive: Any, send: Any) -> None:
@@ -37,13 +42,27 @@ async def delay_in_handler(scope: Any, receive: Any, send: Any) -> None:
     await send(BODY_MESSAGE)
 
 
-async def _write_log(scope: Any, receive: Any, send: Any) -> None:
-    if scope["type"] == "lifespan":
-        return await answer_lifespan(receive, send)
-    bgtasks.get_background_tasks(scope).add_task(write_log, scope["path"])
-    await send(START)
-    await send(BODY_MESSAGE)
+def _adding(task: Any) -> Any:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            return await answer_lifespan(receive, send)
+        bgtasks.get_background_tasks(scope).add_task(task, scope["path"])
+        await send(START)
+        await send(BODY_MESSAGE)
+
+    return app
 
 
-enqueue = bgtasks.BackgroundTasksMiddleware(_enqueue, dispatcher=CeleryDispatcher(celery_app))
-in_process_write_log = bgtasks.BackgroundTasksMiddleware(_write_log)
+enqueue = bgtasks.BackgroundTasksMiddleware(
+    _enqueuing(record), dispatcher=CeleryDispatcher(celery_app)
+)
+in_process_write_log = bgtasks.BackgroundTasksMiddleware(_adding(write_log))
+in_process_write_log_async = bgtasks.BackgroundTasksMiddleware(_adding(write_log_async))
+
+jobs = SQLiteDispatcher(os.environ.get("BGTASKS_BENCH_SQLITE", "bench.sqlite3"))
+jobs.task(write_log)
+jobs.task(write_log_async)
+sqlite_write_log = bgtasks.BackgroundTasksMiddleware(_enqueuing(write_log), dispatcher=jobs)
+sqlite_write_log_async = bgtasks.BackgroundTasksMiddleware(
+    _enqueuing(write_log_async), dispatcher=jobs
+)

@@ -289,8 +289,10 @@ class SQLiteDispatcher:
         self._lease.start()
 
     async def wait_idle(self) -> None:
-        """Return once every call this process claimed from the file has run."""
+        """Return once every call this process claimed from the file has run, and every
+        success so far is deleted from the file."""
         await self._work.wait_idle()
+        await anyio.to_thread.run_sync(self._journal.flush)
 
     async def drain(self, timeout: float, reason: str) -> int:
         """Wait up to ``timeout`` for the claimed calls in flight, give up the rest, stop the
@@ -298,6 +300,8 @@ class SQLiteDispatcher:
         claimed calls were given up."""
         cancelled = await self._work.drain(timeout, reason)
         self._lease.stop()
+        with anyio.move_on_after(timeout):  # a file locked by another process must not hold us
+            await anyio.to_thread.run_sync(self._journal.flush, abandon_on_cancel=True)
         left = await anyio.to_thread.run_sync(self._journal.held_by, process_owner())
         if left:
             logger.warning(

