@@ -143,13 +143,18 @@ class AsyncAttempt(_Attempt):
     async def __call__(self) -> None:
         spec = self.spec
         try:
-            with anyio.fail_after(spec.timeout):
-                if spec.is_async:
-                    await spec.func(*self.args, **self.kwargs)
-                else:
-                    await anyio.to_thread.run_sync(
-                        self._call_sync, abandon_on_cancel=True, limiter=current_thread_limiter()
-                    )
+            if spec.timeout is None:  # no cancel scope: it costs more than a quick task
+                await spec.func(*self.args, **self.kwargs)
+            else:
+                with anyio.fail_after(spec.timeout):
+                    if spec.is_async:
+                        await spec.func(*self.args, **self.kwargs)
+                    else:
+                        await anyio.to_thread.run_sync(
+                            self._call_sync,
+                            abandon_on_cancel=True,
+                            limiter=current_thread_limiter(),
+                        )
         except Exception as exc:
             error: Exception | None = exc
         else:
