@@ -300,6 +300,24 @@ async def test_a_call_that_always_fails_is_kept_failed_with_its_error(
     await jobs.drain(1, "test over")
 
 
+async def test_each_call_of_one_batch_keeps_its_own_row(
+    jobs: SQLiteDispatcher, path: Path
+) -> None:
+    tasks = BackgroundTasks(dispatcher=jobs)
+    tasks.enqueue(send_welcome, "a")
+    tasks.enqueue(always_fails, "b")  # retries=1: a retry, then failed
+    tasks.enqueue(send_welcome, "c")
+    jobs.start()
+    await tasks()  # the first failure of "b" is retried, not raised
+    await eventually(lambda: jobs.status()["failed"] == 1, "the retry to fail")
+    await jobs.wait_idle()
+    assert [(call.name, call.args) for call in jobs.failed()] == [
+        ("test_sqlite.always_fails", ("b",))
+    ]
+    assert [row[:2] for row in rows(path)] == [("test_sqlite.always_fails", "failed")]
+    await jobs.drain(1, "test over")
+
+
 @pytest.mark.parametrize("task", [blocks, sleeps])
 async def test_a_timeout_fails_the_attempt_of_each_kind_of_call(path: Path, task: Any) -> None:
     jobs = SQLiteDispatcher(path, lease=1.5, poll_interval=0.05)
