@@ -4,7 +4,7 @@ from ._engine import current_thread_limiter
 from ._observe import Observer, add_observer, remove_observer
 from ._types import ASGIApp, Message, Receive, Scope, Send
 from .local import LocalDispatcher
-from .middleware import BackgroundTasksMiddleware, get_background_tasks
+from .middleware import BackgroundTasksMiddleware, get_background_tasks, limit_shutdown
 from .response import Response
 from .tasks import BackgroundTask, BackgroundTasks
 
@@ -23,5 +23,6 @@ __all__ = [
     "add_observer",
     "current_thread_limiter",
     "get_background_tasks",
+    "limit_shutdown",
     "remove_observer",
 ]

@@ -70,6 +70,7 @@ DEFAULT_THREAD_LIMIT = 40
 _WAIT = 0.01  # seconds queued sync work may wait before another worker starts
 _LINGER = 10.0  # seconds an idle worker waits for more work before its thread ends
 _KEEP_IDLE = 16  # parked consumers kept per loop; more end instead of parking
+_NAMING = 0.5  # seconds a drain waits, at least, for cancelled jobs to name their tasks
 # asyncio 3.12+ can start a task eagerly: its first step runs at once, and a task that never
 # suspends costs no loop iteration (~0.7 us in all, against two loop iterations for a hand-off
 # to a consumer and back). Older asyncio and trio hand off.
@@ -440,8 +441,10 @@ class Work:
         left = list(self.jobs)
         for job in left:
             job.cancel(reason)
-        with anyio.move_on_after(timeout):
-            await self.wait_idle()  # cancelled consumers name their tasks as they end
+        # Cancelled consumers name their tasks as they end, in a loop iteration or two; even a
+        # drain with no time left (``limit_shutdown(0)``) lets them.
+        with anyio.move_on_after(max(timeout, _NAMING)):
+            await self.wait_idle()
         return len(left)
 
 

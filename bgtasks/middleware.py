@@ -26,10 +26,15 @@ Rules:
    own shutdown begin.
 7. ``detached=True`` returns the request's call as soon as the response is complete, freeing
    the server's per-request slot; a request that completes after shutdown began runs attached.
+8. A server integration that knows its own deadline bounds every wait of rule 6 and of a
+   cancelled request's grace period with ``limit_shutdown``: each takes the smaller of
+   ``shutdown_timeout`` and what is left, so the whole drain ends by the deadline.
 """
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Callable, MutableMapping
 from contextvars import ContextVar
 from typing import Protocol
@@ -52,7 +57,7 @@ from .tasks import (
     take_calls,
 )
 
-__all__ = ["BackgroundTasksMiddleware", "get_background_tasks"]
+__all__ = ["BackgroundTasksMiddleware", "get_background_tasks", "limit_shutdown"]
 
 SCOPE_KEY = "bgtasks.tasks"
 # The request being handled, for get_background_tasks() with no argument. Set while the app
@@ -63,6 +68,34 @@ DEFAULT_SHUTDOWN_TIMEOUT = 30.0
 DEFAULT_MAX_PENDING = 1000
 
 _NOT_STARTED, _RUNNING, _ENDED = "not started", "running", "ended"  # lifespan, as seen here
+_shutdown_by: float | None = None  # time.monotonic() by which every drain ends (rule 8)
+
+
+def limit_shutdown(seconds: float) -> None:
+    """Make every background drain in this process end within ``seconds`` from now.
+
+    For server integrations that know their own deadline (``bgtasks.gunicorn``): the
+    middleware's shutdown drain and the grace period of requests the server cancels take the
+    smaller of their own ``shutdown_timeout`` and the time left, and what is still running then
+    is given up and named, one warning per task, as when ``shutdown_timeout`` runs out. A later
+    call replaces the limit; ``0`` gives up at once. Raises ValueError for a negative or
+    non-finite number.
+    """
+    global _shutdown_by
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+        raise TypeError(f"seconds must be a number, got {seconds!r}")
+    if not (math.isfinite(seconds) and seconds >= 0):
+        raise ValueError(f"seconds must be a finite number >= 0, got {seconds!r}")
+    _shutdown_by = time.monotonic() + seconds
+
+
+def _allowed(timeout: float) -> tuple[float, str]:
+    # The wait a drain may take, and the words that say what bounded it.
+    if _shutdown_by is not None:
+        left = max(0.0, _shutdown_by - time.monotonic())
+        if left < timeout:
+            return left, "the server's shutdown deadline"
+    return timeout, f"shutdown_timeout ({timeout}s)"
 
 
 # What a client gets instead of a success when the broker did not take the request's calls.
@@ -444,14 +477,14 @@ class BackgroundTasksMiddleware:
         # Servers cancel a request's call when they shut down (hypercorn after graceful_timeout,
         # daphne at once) or some time after the response (daphne's application_close_timeout).
         # The work gets up to shutdown_timeout more, then it is cancelled and named.
-        grace = self.shutdown_timeout
-        logger.info("the server cancelled a request; its background work has %ss", grace)
+        grace, bound = _allowed(self.shutdown_timeout)
+        logger.info("the server cancelled a request; its background work has %.3gs", grace)
         with anyio.CancelScope(shield=True):
             # Wait for all work in flight, not just this request's: daphne stops waiting for
             # its cancelled calls as soon as the first one ends.
             with anyio.move_on_after(grace):
                 await self._work.wait_idle()
-            job.cancel(f"the server cancelled the request and its grace period ({grace}s) ran out")
+            job.cancel(f"the server cancelled the request and {bound} ran out")
             if not job.settled:  # its consumer is ending; it names what it cancelled
                 signal = job.signal = current_engine().signal()
                 await signal.wait()
@@ -490,20 +523,20 @@ class BackgroundTasksMiddleware:
             self._lifespan = _ENDED
 
     async def _drain(self) -> None:
-        timeout = self.shutdown_timeout
+        timeout, bound = _allowed(self.shutdown_timeout)
+        deadline = time.monotonic() + timeout
         cancelled = await self._work.drain(
-            timeout, f"shutdown_timeout ({timeout}s) ran out; background work given up"
+            timeout, f"{bound} ran out; background work given up"
         )
         local = self._in_process()
         if local is not None:
             cancelled += await local.drain(
-                timeout, f"shutdown_timeout ({timeout}s) ran out; enqueued work given up"
+                max(0.0, deadline - time.monotonic()), f"{bound} ran out; enqueued work given up"
             )
         if cancelled:
             logger.warning(
-                "shutdown_timeout (%ss) ran out with background work of %d requests unfinished; "
-                "it was cancelled",
-                timeout,
+                "%s ran out with background work of %d requests unfinished; it was cancelled",
+                bound,
                 cancelled,
             )
         self._lifespan = _ENDED
