@@ -66,6 +66,9 @@ def remove_observer(observer: Observer) -> None:
     if observer not in observers:
         raise ValueError(f"{observer!r} is not an observer of bgtasks")
     observers = tuple(o for o in observers if o is not observer)
+    # Keyed by id(): a later observer may get this one's address once it is collected, and
+    # must still have its first error logged.
+    _complained.discard(id(observer))
 
 
 def report(method: str, *args: Any) -> None:

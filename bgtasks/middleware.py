@@ -71,17 +71,20 @@ _NOT_STARTED, _RUNNING, _ENDED = "not started", "running", "ended"  # lifespan, 
 _shutdown_by: float | None = None  # time.monotonic() by which every drain ends (rule 8)
 
 
-def limit_shutdown(seconds: float) -> None:
+def limit_shutdown(seconds: float | None) -> None:
     """Make every background drain in this process end within ``seconds`` from now.
 
     For server integrations that know their own deadline (``bgtasks.gunicorn``): the
     middleware's shutdown drain and the grace period of requests the server cancels take the
     smaller of their own ``shutdown_timeout`` and the time left, and what is still running then
     is given up and named, one warning per task, as when ``shutdown_timeout`` runs out. A later
-    call replaces the limit; ``0`` gives up at once. Raises ValueError for a negative or
-    non-finite number.
+    call replaces the limit; ``0`` gives up at once, ``None`` removes the limit. Raises
+    ValueError for a negative or non-finite number.
     """
     global _shutdown_by
+    if seconds is None:
+        _shutdown_by = None
+        return
     if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
         raise TypeError(f"seconds must be a number, got {seconds!r}")
     if not (math.isfinite(seconds) and seconds >= 0):

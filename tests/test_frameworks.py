@@ -44,19 +44,25 @@ class Probe:
 
     async def call(self, app: App, path: str) -> None:
         request_sent = False
-        disconnected = anyio.Event()
+        response_complete = anyio.Event()
+
+        async def send(message: dict[str, Any]) -> None:
+            await self.send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                response_complete.set()
 
         async def receive() -> dict[str, Any]:
+            # As uvicorn does: the request, then http.disconnect once the response is complete.
+            # Quart 0.23 (Python 3.13+) waits for that disconnect before its call returns.
             nonlocal request_sent
             if not request_sent:
                 request_sent = True
                 return {"type": "http.request", "body": b"", "more_body": False}
-            await disconnected.wait()  # frameworks listen for a disconnect that never comes
+            await response_complete.wait()
             return {"type": "http.disconnect"}
 
         with anyio.fail_after(20):
-            await BackgroundTasksMiddleware(app)(http_scope(path=path), receive, self.send)
-        disconnected.set()
+            await BackgroundTasksMiddleware(app)(http_scope(path=path), receive, send)
         assert self.send.messages[0]["status"] == 200, self.send.messages
 
 
@@ -215,9 +221,19 @@ def own_client_get(framework: str, path: str, backend: str) -> int:
         with LitestarClient(app, backend=backend) as client:  # type: ignore[arg-type]
             return int(client.get(path).status_code)
     if framework == "falcon":
+        import asyncio
+
         import falcon.testing
 
-        return int(falcon.testing.TestClient(app).simulate_get(path).status_code)
+        # On Python 3.10 Falcon's sync client asks the event loop policy for the thread's loop,
+        # which raises once an earlier asyncio.run() in this thread has unset it; give it one.
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        try:
+            return int(falcon.testing.TestClient(app).simulate_get(path).status_code)
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()
 
     async def over_asgi() -> int:
         if framework == "quart":

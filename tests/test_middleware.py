@@ -9,6 +9,7 @@ import anyio
 import pytest
 from helpers import Lifespan, Recorder, http_scope, no_receive
 
+import bgtasks
 from bgtasks import (
     BackgroundTask,
     BackgroundTasksMiddleware,
@@ -318,6 +319,45 @@ async def test_shutdown_waits_for_in_flight_work_before_the_apps_shutdown(detach
         assert log == ["app lifespan.startup"]  # shutdown is held back by the running task
         release.set()
     assert log == ["app lifespan.startup", "task done", "app lifespan.shutdown"]
+
+
+@pytest.fixture
+def no_shutdown_limit() -> Any:
+    yield
+    bgtasks.limit_shutdown(None)  # the limit is process-wide: later tests must not inherit it
+
+
+@pytest.mark.parametrize("detached", [False, True])
+async def test_limit_shutdown_cuts_a_longer_shutdown_timeout_short_and_names_the_task(
+    detached: bool, caplog: pytest.LogCaptureFixture, no_shutdown_limit: None
+) -> None:
+    log: list[str] = []
+    never = anyio.Event()
+
+    async def endpoint(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        get_background_tasks(scope).add_task(never.wait)
+        await Response(b"ok")(scope, receive, send)
+
+    app = BackgroundTasksMiddleware(
+        lifespan_app(log, endpoint), detached=detached, shutdown_timeout=3600
+    )
+    async with Lifespan(app).running() as lifespan, anyio.create_task_group() as requests:
+        requests.start_soon(app, http_scope(), no_receive, Recorder())
+        await anyio.wait_all_tasks_blocked()
+        bgtasks.limit_shutdown(0.05)
+        with anyio.fail_after(10):  # an hour's shutdown_timeout would hang the test
+            assert await lifespan.step("shutdown") == "lifespan.shutdown.complete"
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("the server's shutdown deadline ran out" in w for w in warnings)
+    assert any("cancelled: [anyio" in w for w in warnings)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "error"), [(-1, ValueError), (float("nan"), ValueError), ("5", TypeError)]
+)
+def test_limit_shutdown_refuses_what_is_not_a_time(seconds: Any, error: type[Exception]) -> None:
+    with pytest.raises(error, match="seconds"):
+        bgtasks.limit_shutdown(seconds)
 
 
 @pytest.mark.parametrize("detached", [False, True])

@@ -14,7 +14,13 @@ import pytest
 from helpers import Lifespan, Recorder, http_scope, no_receive
 
 import bgtasks
-from bgtasks import BackgroundTasks, BackgroundTasksMiddleware, Response, get_background_tasks
+from bgtasks import (
+    BackgroundTask,
+    BackgroundTasks,
+    BackgroundTasksMiddleware,
+    Response,
+    get_background_tasks,
+)
 from bgtasks.testing import RecordingDispatcher
 
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
@@ -201,6 +207,25 @@ async def test_raising_observer_is_logged_once_and_breaks_nothing(
     assert log == ["ran", "ran"]
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert len(errors) == 1 and "observer" in errors[0].getMessage()
+
+
+async def test_an_observer_added_again_after_removal_has_its_first_error_logged_again(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The same object, so the same id(): as a new observer at a collected one's address.
+    class Broken(bgtasks.Observer):
+        def started(self, task: Any) -> None:
+            raise RuntimeError("observer bug")
+
+    broken = Broken()
+    for _ in range(2):
+        bgtasks.add_observer(broken)
+        try:
+            await BackgroundTask(quick)()
+        finally:
+            bgtasks.remove_observer(broken)
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 2
 
 
 def test_observer_must_be_an_observer() -> None:

@@ -399,6 +399,20 @@ async def test_a_call_running_longer_than_its_lease_is_renewed_not_taken(path: P
     await second.drain(0, "test over")
 
 
+async def test_a_call_given_up_in_a_live_process_runs_again_once_its_lease_is_out(
+    path: Path,
+) -> None:
+    jobs = dispatcher(path, lease=0.3)
+    tasks = BackgroundTasks(dispatcher=jobs)
+    tasks.enqueue(sleeps, "given up")
+    with anyio.move_on_after(0.1):  # as a server's cancellation would, after its grace period
+        await tasks()
+    assert runs == [("sleeps", "given up")]
+    await eventually(lambda: len(runs) == 2, "the lease to run out and the call to run again")
+    assert rows(path)[0][1:] == ("running", rows(path)[0][2], 2)  # the second attempt
+    await jobs.drain(0, "test over")
+
+
 async def test_an_unknown_name_is_left_in_place_and_named_once(
     jobs: SQLiteDispatcher, path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -142,6 +142,7 @@ class SQLiteDispatcher:
         self._names: dict[Callable[..., Any], str] = {}
         self._written: dict[int, int] = {}  # id(call) -> its row, between send and run_here
         self._work = Work()
+        self._running: set[int] = set()  # ids whose attempts run in this process now
         self._lease = Lease(
             self._journal,
             self.lease,
@@ -149,6 +150,7 @@ class SQLiteDispatcher:
             lambda: list(self._specs),
             lambda: _MAX_CLAIMED - len(self._work),
             self._run_claimed,
+            self._running,
         )
 
     def __repr__(self) -> str:
@@ -339,7 +341,16 @@ class SQLiteDispatcher:
         number: int,
     ) -> SyncAttempt | AsyncAttempt:
         kind = SyncAttempt if not spec.is_async and spec.timeout is None else AsyncAttempt
-        return kind(self._journal, process_owner(), spec, call_id, tuple(args), kwargs, number)
+        return kind(
+            self._journal,
+            process_owner(),
+            spec,
+            call_id,
+            tuple(args),
+            kwargs,
+            number,
+            self._running,
+        )
 
     def _run_claimed(self, rows: list[Row]) -> None:
         # On the loop: each claimed call is a job of its own, so none waits for another.

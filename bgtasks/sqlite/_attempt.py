@@ -25,6 +25,7 @@ from __future__ import annotations
 import random
 import time
 import traceback
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -75,6 +76,7 @@ class _Attempt:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         number: int,
+        running: set[int],
     ) -> None:
         self.journal = journal
         self.owner = owner
@@ -83,6 +85,11 @@ class _Attempt:
         self.args = args
         self.kwargs = kwargs
         self.number = number
+        # Running here from now until the attempt ends, or, if it never starts (a drain gave
+        # it up), until it is dropped: then the lease loop stops renewing it.
+        self.running = running
+        running.add(call_id)
+        weakref.finalize(self, running.discard, call_id)
         # How tasks name their callable (bgtasks.tasks): the registered name, alone.
         self.__module__ = ""
         self.__qualname__ = spec.name
@@ -135,12 +142,20 @@ class SyncAttempt(_Attempt):
                 raise
         else:
             self.outcome(None)
+        finally:
+            self.running.discard(self.call_id)
 
 
 class AsyncAttempt(_Attempt):
     """An async call, or a sync one with a timeout: driven from the loop."""
 
     async def __call__(self) -> None:
+        try:
+            await self._attempt()
+        finally:
+            self.running.discard(self.call_id)
+
+    async def _attempt(self) -> None:
         spec = self.spec
         try:
             if spec.timeout is None:  # no cancel scope: it costs more than a quick task

@@ -72,7 +72,12 @@ FAIL = """
 UPDATE bgtasks_calls SET state = 'failed', owner = NULL, lease_until = NULL, error = ?
 WHERE id = ? AND owner = ?
 """
-RENEW = "UPDATE bgtasks_calls SET lease_until = ? WHERE owner = ? AND state = 'running'"
+# The calls this process runs now, ({ids}) being "?" once per id: a call whose attempt ended
+# or was given up (a drain, a server's cancellation) is no longer renewed, so its lease runs out.
+RENEW = """
+UPDATE bgtasks_calls SET lease_until = ? WHERE owner = ? AND state = 'running' AND id IN ({ids})
+"""
+RENEW_CHUNK = 500  # ids per statement, under SQLite's oldest limit of 999 parameters
 OTHER_OWNERS = "SELECT DISTINCT owner FROM bgtasks_calls WHERE state = 'running' AND owner != ?"
 EXPIRE_OWNER = "UPDATE bgtasks_calls SET lease_until = 0 WHERE state = 'running' AND owner = ?"
 CLAIMABLE = """
@@ -264,8 +269,13 @@ class Journal:
     def fail(self, call_id: int, owner: str, error: str) -> bool:
         return self._write([(FAIL, (error, call_id, owner))])[0].rowcount == 1
 
-    def renew(self, owner: str, lease_until: float) -> None:
-        self._write([(RENEW, (lease_until, owner))])
+    def renew(self, owner: str, lease_until: float, ids: Sequence[int]) -> None:
+        chunks = [ids[start : start + RENEW_CHUNK] for start in range(0, len(ids), RENEW_CHUNK)]
+        if chunks:
+            self._write(
+                (RENEW.format(ids=", ".join("?" * len(chunk))), (lease_until, owner, *chunk))
+                for chunk in chunks
+            )
 
     def other_owners(self, owner: str) -> list[str]:
         return [row[0] for row in self._read(OTHER_OWNERS, (owner,))]
@@ -275,9 +285,16 @@ class Journal:
         self._write((EXPIRE_OWNER, (dead,)) for dead in owners)
 
     def claim(
-        self, names: Sequence[str], owner: str, now: float, lease_until: float, limit: int
+        self,
+        names: Sequence[str],
+        owner: str,
+        now: float,
+        lease_until: float,
+        limit: int,
+        running_here: set[int],
     ) -> list[Row]:
-        """Take up to ``limit`` calls of ``names`` that are due, or whose lease ran out."""
+        """Take up to ``limit`` calls of ``names`` that are due, or whose lease ran out, but
+        none that this process is running (a stalled loop may have let its lease run out)."""
         if not names or limit < 1:
             return []
         select = CLAIMABLE.format(names=", ".join("?" * len(names)))
@@ -286,6 +303,7 @@ class Journal:
             connection.execute("BEGIN IMMEDIATE")
             try:
                 rows = connection.execute(select, (*names, now, now, limit)).fetchall()
+                rows = [row for row in rows if row[0] not in running_here]
                 connection.executemany(CLAIM, [(owner, lease_until, row[0]) for row in rows])
             except BaseException:
                 connection.execute("ROLLBACK")

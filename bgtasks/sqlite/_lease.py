@@ -5,7 +5,8 @@ Rules:
 1. A process is named by its owner string, ``host:pid:token``; the token is new in every
    process, so a forked worker is never taken for its parent.
 2. Every ``tick`` seconds (the shorter of ``poll_interval`` and a third of ``lease``), one
-   worker thread renews the leases of every call this process holds, then claims calls of
+   worker thread renews the leases of the calls whose attempts run in this process now (not
+   of one given up by a drain or a server's cancellation: its lease runs out), then claims calls of
    registered names that are due (a retry whose wait is over) or whose lease ran out (their
    process died, or stalled longer than a lease), up to the room the process has.
 3. A call held by a process on this host that no longer exists (SIGKILL, the OOM killer) is
@@ -81,6 +82,7 @@ class Lease:
         names: Callable[[], Sequence[str]],
         room: Callable[[], int],
         claimed: Callable[[list[Row]], None],
+        running: set[int],
     ) -> None:
         self.journal = journal
         self.lease = lease
@@ -88,6 +90,7 @@ class Lease:
         self.names = names
         self.room = room
         self.claimed = claimed
+        self.running = running  # ids of the calls whose attempts run in this process now
         self.warned: set[str] = set()
         self.loop_key: object = None  # the event loop the loop runs on
         self.scope: anyio.CancelScope | None = None
@@ -136,7 +139,8 @@ class Lease:
         journal = self.journal
         owner = process_owner()
         now = time.time()
-        journal.renew(owner, now + self.lease)
+        running = set(self.running)  # a copy: attempts end in other threads meanwhile
+        journal.renew(owner, now + self.lease, sorted(running))
         dead = [other for other in journal.other_owners(owner) if is_dead(other)]
         if dead:
             logger.warning(
@@ -155,4 +159,4 @@ class Lease:
                 journal.path,
                 ", ".join(sorted(unknown)),
             )
-        return journal.claim(names, owner, now, now + self.lease, self.room())
+        return journal.claim(names, owner, now, now + self.lease, self.room(), running)
