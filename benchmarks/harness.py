@@ -15,8 +15,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
@@ -101,3 +102,21 @@ def wrk(binary: str, port: int, seconds: float, connections: int = 32) -> str:
     return subprocess.run(
         pinned(1, command), capture_output=True, text=True, check=True, timeout=seconds + 60
     ).stdout
+
+
+@contextmanager
+def every_second(sample: Callable[[], None]) -> Iterator[None]:
+    """Call ``sample`` once a second, in a thread of its own, until the block ends."""
+    stop = threading.Event()
+
+    def run() -> None:
+        while not stop.wait(1.0):
+            sample()
+
+    sampler = threading.Thread(target=run, daemon=True)
+    sampler.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        sampler.join()

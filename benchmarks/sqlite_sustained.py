@@ -16,11 +16,10 @@ import os
 import signal
 import sqlite3
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-from harness import ensure_wrk, uvicorn, wrk
+from harness import ensure_wrk, every_second, uvicorn, wrk
 from sustained import lines, rss_mib
 
 APPS = [
@@ -40,18 +39,13 @@ def run_one(wrk_binary: str, app: str, seconds: int, workdir: Path) -> dict[str,
     with uvicorn(f"enqueue_apps:{app}", env) as (server, port):
         rss: list[float] = []
         size: list[float] = []
-        stop = threading.Event()
 
         def sample() -> None:
-            while not stop.wait(1.0):
-                rss.append(rss_mib(server.pid))
-                size.append(file_kib(database))
+            rss.append(rss_mib(server.pid))
+            size.append(file_kib(database))
 
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        output = wrk(wrk_binary, port, seconds)
-        stop.set()
-        sampler.join()
+        with every_second(sample):
+            output = wrk(wrk_binary, port, seconds)
         done_at_stop = lines(log)
         started = time.monotonic()
         server.send_signal(signal.SIGTERM)

@@ -17,11 +17,10 @@ import os
 import re
 import signal
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-from harness import ensure_wrk, uvicorn, wrk
+from harness import ensure_wrk, every_second, uvicorn, wrk
 
 APPS = [
     ("Starlette `BackgroundTask`", "starlette_db_write"),
@@ -45,17 +44,8 @@ def run_one(wrk_binary: str, app: str, seconds: int, workdir: Path) -> dict[str,
     env = {**os.environ, "BGTASKS_BENCH_LOG": str(log)}
     with open(server_log, "wb") as out, uvicorn(f"apps:{app}", env, out) as (server, port):
         samples: list[float] = []
-        stop = threading.Event()
-
-        def sample() -> None:
-            while not stop.wait(1.0):
-                samples.append(rss_mib(server.pid))
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        output = wrk(wrk_binary, port, seconds)
-        stop.set()
-        sampler.join()
+        with every_second(lambda: samples.append(rss_mib(server.pid))):
+            output = wrk(wrk_binary, port, seconds)
         done_at_stop = lines(log)
         started = time.monotonic()
         server.send_signal(signal.SIGTERM)

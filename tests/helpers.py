@@ -93,3 +93,19 @@ class Lifespan:
             group.start_soon(self.app, {"type": "lifespan", "state": {}}, self.receive, self.send)
             assert await self.step("startup") == "lifespan.startup.complete"
             yield self
+
+
+class SentTypes:
+    """An ASGI wrapper that notes the type of each message the app sends, so that tasks can
+    see what had gone out when they ran."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.types: list[str] = []
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        async def noting_send(message: Any) -> None:
+            self.types.append(message["type"])
+            await send(message)
+
+        await self.app(scope, receive, noting_send)

@@ -21,7 +21,7 @@ import starlette.background
 import starlette.responses
 from fastapi import Depends, FastAPI
 from fastapi.testclient import TestClient
-from helpers import Recorder, http_scope
+from helpers import Recorder, SentTypes, http_scope
 
 import bgtasks
 import bgtasks.fastapi
@@ -178,21 +178,6 @@ async def test_direct_use_matches_the_reference(
 
 
 # Injected by FastAPI: the same app built around each flavour's annotation.
-
-
-class SentTypes:
-    """An ASGI wrapper that notes each message type the app sends."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-        self.types: list[str] = []
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        async def noting_send(message: Any) -> None:
-            self.types.append(message["type"])
-            await send(message)
-
-        await self.app(scope, receive, noting_send)
 
 
 def injected_app(flavour: Flavour) -> tuple[SentTypes, list[Any]]:

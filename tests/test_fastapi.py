@@ -13,7 +13,7 @@ import pytest
 from fastapi import Depends, FastAPI, HTTPException
 from fastapi.responses import PlainTextResponse
 from fastapi.testclient import TestClient
-from helpers import Lifespan, Recorder, http_scope
+from helpers import Lifespan, Recorder, SentTypes, http_scope
 
 import bgtasks
 from bgtasks import BackgroundTasksMiddleware
@@ -21,21 +21,6 @@ from bgtasks.fastapi import BackgroundTasks
 
 BACKENDS = ["asyncio", "trio"]
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="unset")
-
-
-class Sent:
-    """An ASGI wrapper that notes each message the app sends, so tasks can see what went out."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-        self.types: list[str] = []
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        async def noting_send(message: Any) -> None:
-            self.types.append(message["type"])
-            await send(message)
-
-        await self.app(scope, receive, noting_send)
 
 
 def get(app: Any, path: str, backend: str) -> int:
@@ -75,7 +60,7 @@ def test_tasks_run_after_the_response_before_yield_dependencies_close(backend: s
         log.append("session closed")
 
     api = FastAPI()
-    app = Sent(api)
+    app = SentTypes(api)
 
     def write(session: dict[str, bool]) -> None:
         body_sent = app.types[-1:] == ["http.response.body"]

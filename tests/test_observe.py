@@ -186,13 +186,14 @@ async def test_waiting_for_room_is_reported(seen: Seen) -> None:
     assert ("waited", True) in seen.events
 
 
+class Broken(bgtasks.Observer):
+    def started(self, task: Any) -> None:
+        raise RuntimeError("observer bug")
+
+
 async def test_raising_observer_is_logged_once_and_breaks_nothing(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    class Broken(bgtasks.Observer):
-        def started(self, task: Any) -> None:
-            raise RuntimeError("observer bug")
-
     broken = Broken()
     bgtasks.add_observer(broken)
     try:
@@ -213,10 +214,6 @@ async def test_an_observer_added_again_after_removal_has_its_first_error_logged_
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     # The same object, so the same id(): as a new observer at a collected one's address.
-    class Broken(bgtasks.Observer):
-        def started(self, task: Any) -> None:
-            raise RuntimeError("observer bug")
-
     broken = Broken()
     for _ in range(2):
         bgtasks.add_observer(broken)

@@ -353,23 +353,81 @@ async def test_retry_failed_queues_the_failed_calls_again(
 # 3. Leases and orphans.
 
 
-def dead_pid() -> int:
-    process = subprocess.Popen([sys.executable, "-c", "pass"])
-    process.wait()
-    return process.pid
+HOLD_LOCK = """
+import fcntl, sys, time
+lock = open(sys.argv[1], "a")
+fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+print("held", flush=True)
+time.sleep(120)
+"""
+
+
+def lock_holder(path: Path, token: str) -> subprocess.Popen[str]:
+    """Another process holding the lock of owner ``token``, as a live process does."""
+    (Path(f"{path}.owners")).mkdir(exist_ok=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, f"{path}.owners/{token}"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+    return holder
 
 
 async def test_at_startup_a_process_takes_over_the_calls_of_a_dead_one(
     jobs: SQLiteDispatcher, path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    dead = f"{socket.gethostname()}:{dead_pid()}:gone"
+    holder = lock_holder(path, "gone")
+    holder.kill()  # SIGKILL: the kernel lets go of its lock
+    holder.wait()
+    dead = f"{socket.gethostname()}:{holder.pid}:gone"
     insert(path, "test_sqlite.send_welcome", '["orphan"]', dead, time.time() + 3600, "running")
     jobs.start()
     await eventually(lambda: runs, "the orphan to run")
     assert runs == [("send_welcome", "orphan", "en", "unset")]
     assert dead in caplog.text
     await eventually(lambda: not rows(path), "the orphan to be deleted")
+    assert not Path(f"{path}.owners/gone").exists()  # its lock file went with it
     await jobs.drain(1, "test over")
+
+
+async def test_at_startup_the_lock_files_of_dead_processes_are_removed(
+    jobs: SQLiteDispatcher, path: Path
+) -> None:
+    alive = lock_holder(path, "alive")
+    try:
+        Path(f"{path}.owners/died").touch()  # what a process that died holding nothing leaves
+        jobs.start()
+        await eventually(lambda: not Path(f"{path}.owners/died").exists(), "the sweep")
+        assert Path(f"{path}.owners/alive").exists()
+    finally:
+        alive.kill()
+        alive.wait()
+        await jobs.drain(1, "test over")
+
+
+async def test_a_live_process_keeps_its_calls_whatever_its_pid_says(
+    jobs: SQLiteDispatcher, path: Path
+) -> None:
+    # A PID that does not exist here, as a process in another PID namespace (a container on
+    # the same machine) would have: its lock, not its PID, says it is alive.
+    holder = lock_holder(path, "elsewhere")
+    try:
+        owner = f"{socket.gethostname()}:999999999:elsewhere"
+        insert(path, "test_sqlite.send_welcome", '["kept"]', owner, time.time() + 3600, "running")
+        insert(path, "test_sqlite.send_welcome", '["marker"]', None, 0, "queued")
+        jobs.start()
+        await eventually(lambda: runs, "a tick to run the queued call")
+        await anyio.sleep(0.3)  # several more ticks
+        assert runs == [("send_welcome", "marker", "en", "unset")]
+        holder.kill()
+        holder.wait()
+        await eventually(lambda: len(runs) == 2, "the dead process's call to run")
+        assert runs[1] == ("send_welcome", "kept", "en", "unset")
+    finally:
+        holder.kill()
+        holder.wait()
+        await jobs.drain(1, "test over")
 
 
 async def test_a_live_lease_is_respected_and_an_expired_one_is_claimed(

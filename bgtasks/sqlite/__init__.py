@@ -267,6 +267,7 @@ class SQLiteDispatcher:
 
     def send(self, calls: Sequence[Call]) -> list[BaseException | None]:
         # In a worker thread: the calls of one loop iteration, in one transaction.
+        self._lease.liveness.hold()  # before any row names this process as its owner
         rows = [(call.name, _encode(list(call.args)), _encode(call.kwargs)) for call in calls]
         ids = self._journal.insert_running(rows, process_owner(), time.time() + self.lease)
         for call, call_id in zip(calls, ids, strict=True):

@@ -6,13 +6,13 @@ Rules:
    process, so a forked worker is never taken for its parent.
 2. Every ``tick`` seconds (the shorter of ``poll_interval`` and a third of ``lease``), one
    worker thread renews the leases of the calls whose attempts run in this process now (not
-   of one given up by a drain or a server's cancellation: its lease runs out), then claims calls of
-   registered names that are due (a retry whose wait is over) or whose lease ran out (their
-   process died, or stalled longer than a lease), up to the room the process has.
+   of one given up by a drain or a server's cancellation: its lease runs out), then claims
+   calls of registered names that are due (a retry whose wait is over) or whose lease ran out
+   (their process died, or stalled longer than a lease), up to the room the process has.
 3. A call held by a process on this host that no longer exists (SIGKILL, the OOM killer) is
-   claimable at once: its lease is cut short. A process elsewhere, or a live one, keeps its
-   lease. So the first tick of a restarted process, at startup, takes over what its dead
-   predecessor held.
+   claimable at once: its lease is cut short. Whether it exists is told by a lock it held
+   (``Liveness``), not by its PID. A process elsewhere, or a live one, keeps its lease. So the
+   first tick of a restarted process, at startup, takes over what its dead predecessor held.
 4. The loop runs on the event loop as a long-lived task (an asyncio task, a trio system task),
    one per dispatcher and event loop, started by lifespan or by the first call written; the
    check-ins come from the loop, so a process whose loop hangs loses its leases.
@@ -22,9 +22,11 @@ Rules:
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import os
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -35,6 +37,11 @@ import anyio
 from .._engine import current_engine, current_thread_limiter
 from ..tasks import logger
 from ._journal import Journal, Row
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
 
 _host = socket.gethostname()
 _owner: tuple[int, str] = (-1, "")
@@ -49,26 +56,68 @@ def process_owner() -> str:
     return _owner[1]
 
 
-def is_dead(owner: str) -> bool:
-    """True only when ``owner`` was a process of this host that exists no more."""
-    parts = owner.split(":")
-    if len(parts) < 3:
-        return False
-    host, pid_text = ":".join(parts[:-2]), parts[-2]
-    if host != _host or not pid_text.isdigit():
-        return False
-    pid = int(pid_text)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+# The lock each process holds, per owners' directory: (pid, the open lock file).
+_held: dict[str, tuple[int, Any]] = {}
+_taking = threading.Lock()  # the first write and the first tick may race to take it
+
+
+class Liveness:
+    """Which owners of one file are alive: each process holds an exclusive ``flock`` on a
+    file of its own beside the database (``<path>.owners/<token>``) for as long as it lives,
+    and the kernel lets go of it when the process dies, however it dies. So a lock that can
+    be taken belongs to a dead process: a zombie, a process in another PID namespace and a
+    reused PID are all told apart. Without ``fcntl`` (Windows) every owner counts as alive,
+    and leases alone decide."""
+
+    def __init__(self, path: str) -> None:
+        self.directory = f"{path}.owners"
+
+    @property
+    def held(self) -> bool:
+        return _held.get(self.directory, (-1, None))[0] == os.getpid()
+
+    def hold(self) -> None:
+        """Take this process's lock on the file, once per process (a forked child takes its
+        own), however many dispatchers of the process share the file."""
+        if fcntl is None or self.held:
+            return
+        with _taking:
+            if self.held:
+                return
+            os.makedirs(self.directory, exist_ok=True)
+            token = process_owner().rpartition(":")[2]
+            lock = open(os.path.join(self.directory, token), "a")  # noqa: SIM115 - for life
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _held[self.directory] = (os.getpid(), lock)
+
+    def is_dead(self, owner: str) -> bool:
+        """True only when ``owner``, a process of this host, has died: its lock is free."""
+        host, _, token = owner.rpartition(":")
+        if fcntl is None or host.rpartition(":")[0] != _host or not token.isalnum():
+            return False
+        path = os.path.join(self.directory, token)
+        try:
+            with open(path, "a") as lock:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False  # held: alive
+        except OSError:
+            return False  # no lock file (yet): the lease decides
         return True
-    except PermissionError:
-        return False
-    try:  # killed but not yet reaped by its parent: a zombie runs nothing
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rpartition(")")[2].split()[0] == "Z"
-    except (OSError, IndexError):
-        return False
+
+    def forget(self, owner: str) -> None:
+        """The owner's calls were taken over: its lock file can go."""
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(self.directory, owner.rpartition(":")[2]))
+
+    def sweep(self) -> None:
+        """Remove the lock files of every dead process (at startup: files of processes that
+        died holding nothing are never looked at otherwise)."""
+        with contextlib.suppress(OSError):
+            for token in os.listdir(self.directory):
+                owner = f"{_host}:0:{token}"
+                if token.isalnum() and self.is_dead(owner):
+                    self.forget(owner)
 
 
 class Lease:
@@ -85,6 +134,8 @@ class Lease:
         running: set[int],
     ) -> None:
         self.journal = journal
+        self.liveness = Liveness(journal.path)
+        self.swept = -1  # the process that removed dead processes' lock files
         self.lease = lease
         self.tick = tick
         self.names = names
@@ -141,7 +192,12 @@ class Lease:
         now = time.time()
         running = set(self.running)  # a copy: attempts end in other threads meanwhile
         journal.renew(owner, now + self.lease, sorted(running))
-        dead = [other for other in journal.other_owners(owner) if is_dead(other)]
+        liveness = self.liveness
+        if self.swept != os.getpid():  # this process's first tick: its startup
+            liveness.hold()
+            liveness.sweep()
+            self.swept = os.getpid()
+        dead = [other for other in journal.other_owners(owner) if liveness.is_dead(other)]
         if dead:
             logger.warning(
                 "bgtasks.sqlite: processes %s died holding calls in %s; they are claimed now",
@@ -149,6 +205,8 @@ class Lease:
                 journal.path,
             )
             journal.expire(dead)
+            for other in dead:
+                liveness.forget(other)
         names = self.names()
         unknown = set(journal.names()) - set(names) - self.warned
         if unknown:
