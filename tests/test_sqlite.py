@@ -300,9 +300,7 @@ async def test_a_call_that_always_fails_is_kept_failed_with_its_error(
     await jobs.drain(1, "test over")
 
 
-async def test_each_call_of_one_batch_keeps_its_own_row(
-    jobs: SQLiteDispatcher, path: Path
-) -> None:
+async def test_each_call_of_one_batch_keeps_its_own_row(jobs: SQLiteDispatcher, path: Path) -> None:
     tasks = BackgroundTasks(dispatcher=jobs)
     tasks.enqueue(send_welcome, "a")
     tasks.enqueue(always_fails, "b")  # retries=1: a retry, then failed
