@@ -143,6 +143,18 @@ def test_hup_during_load_loses_no_task(tmp_path: Path) -> None:
     never_killed(log)
 
 
+def test_ttou_stops_a_worker_after_its_tasks(tmp_path: Path) -> None:
+    args = gunicorn_args(OURS, workers=2, timeout=2, graceful=20)
+    with serve("gunicorn", "manager_app:app", tmp_path, env(), args) as server:
+        keys = [f"o{n}" for n in range(6)]
+        pids = {work(server, key, 4, "async" if n % 2 else "sync") for n, key in enumerate(keys)}
+        server.process.send_signal(signal.SIGTTOU)  # one worker fewer: the oldest is stopped
+        wait_for(lambda: not all(alive(pid) for pid in pids), "a worker to stop", 60)
+        wait_for(lambda: set(keys) <= set(ran(tmp_path)), "every task", 60)
+        log = server.log
+    never_killed(log)
+
+
 @pytest.mark.parametrize("detached", [False, True], ids=["attached", "detached"])
 def test_sigterm_to_the_master_runs_the_tasks_in_flight_then_everything_exits(
     tmp_path: Path, detached: bool
