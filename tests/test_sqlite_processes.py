@@ -100,11 +100,13 @@ def kill(server: Server) -> None:
     server.process.wait(10)
 
 
+@pytest.mark.parametrize("detached", [False, True], ids=["attached", "detached"])
 @pytest.mark.parametrize("server", SERVERS)
 def test_sigkill_in_the_middle_of_a_load_loses_no_answered_call(
-    server: str, tmp_path: Path
+    server: str, detached: bool, tmp_path: Path
 ) -> None:
-    with serve(server, APP, tmp_path) as first:
+    env = {"BGTASKS_TEST_DETACHED": "1" if detached else "0"}
+    with serve(server, APP, tmp_path, env) as first:
         load = Load(first, "k")
         with load.running():
             wait_for(lambda: len(load) >= 40, "40 answered requests", 60)
@@ -114,7 +116,7 @@ def test_sigkill_in_the_middle_of_a_load_loses_no_answered_call(
     assert ran(tmp_path) == Counter()  # every answered call was held, none had run
     assert status(tmp_path).get("running", 0) >= len(answered)
     (tmp_path / "gate").touch()
-    with serve(server, APP, tmp_path):
+    with serve(server, APP, tmp_path, env):
         wait_for(lambda: answered <= set(ran(tmp_path)), "every answered call to run", RECOVERY)
     assert not pids_of(tmp_path, answered) & load.pids  # the restarted process ran them
 
