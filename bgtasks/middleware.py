@@ -295,8 +295,8 @@ class BackgroundTasksMiddleware:
         """Return once no background work of this middleware is queued or running.
 
         Works in both modes, on asyncio and trio; meant for tests and orderly shutdowns.
-        Cancelling the wait does not touch the work. With a ``LocalDispatcher``, its enqueued
-        calls count too.
+        Cancelling the wait does not touch the work. With a dispatcher that runs calls in this
+        process (``LocalDispatcher``, ``SQLiteDispatcher``), its calls count too.
         """
         await self._work.wait_idle()
         local = self._in_process()
